@@ -1,0 +1,123 @@
+"""The public attention ops: argument checks, then the backend chosen by :mod:`._dispatch`."""
+
+from __future__ import annotations
+
+import torch
+
+from . import torch_backend  # noqa: F401  (registers the reference backend)
+from ._checks import check_floating, check_int, check_same_dtype_device, check_scale, check_tensor
+from ._dispatch import resolve
+
+_NA_LAYOUT = "(B, H, W, heads, head_dim)"
+
+
+def na2d(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kernel_size: int,
+    dilation: int = 1,
+    rpb: torch.Tensor | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """2-D (dilated) neighborhood attention, NAT/DiNAT (Hassani et al., CVPR 2023; arXiv 2204.07143, 2209.15001).
+
+    Each query attends to exactly ``kernel_size**2`` keys: per axis, the positions sharing its
+    residue modulo ``dilation``, in a window centred on it and shifted inward at the borders
+    (NATTEN's semantics). ``rpb`` is NAT's relative position bias ``(heads, 2k-1, 2k-1)``, read at
+    ``(key - query) / dilation + k - 1``. ``scale`` defaults to ``head_dim ** -0.5``.
+
+    Args:
+        q, k, v: ``(B, H, W, heads, head_dim)``, one dtype and device.
+        kernel_size: odd window size k >= 1.
+        dilation: step between neighbours, >= 1; ``H`` and ``W`` must be >= ``kernel_size * dilation``.
+        rpb: optional ``(heads, 2k-1, 2k-1)`` bias, any floating dtype (cast to the logits').
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"natten"`` (see :func:`use_backend`).
+
+    Returns:
+        ``(B, H, W, heads, head_dim)``.
+    """
+    check_tensor("q", q, 5, _NA_LAYOUT)
+    check_tensor("k", k, 5, _NA_LAYOUT)
+    check_tensor("v", v, 5, _NA_LAYOUT)
+    check_floating("q", q)
+    check_same_dtype_device("q", q, k=k, v=v)
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(
+            f"q, k and v must have one shape; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    kernel_size = check_int("kernel_size", kernel_size, 1)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    dilation = check_int("dilation", dilation, 1)
+    _, height, width, heads, head_dim = q.shape
+    span = kernel_size * dilation
+    if height < span or width < span:
+        raise ValueError(
+            f"na2d needs a feature map of at least kernel_size * dilation = {kernel_size} * {dilation} = {span} "
+            f"per side, got H={height}, W={width}; pad the input (the NAT blocks do) or use a smaller kernel/dilation"
+        )
+    if rpb is not None:
+        check_tensor("rpb", rpb, 3, "(heads, 2*kernel_size-1, 2*kernel_size-1)")
+        check_floating("rpb", rpb)
+        expected = (heads, 2 * kernel_size - 1, 2 * kernel_size - 1)
+        if tuple(rpb.shape) != expected:
+            raise ValueError(
+                f"rpb must have shape (heads, 2*kernel_size-1, 2*kernel_size-1) = {expected}, got {tuple(rpb.shape)}"
+            )
+        if rpb.device != q.device:
+            raise ValueError(f"rpb is on {rpb.device} but q is on {q.device}; they must be on one device")
+    scale = check_scale(scale, head_dim)
+    impl = resolve("na2d", backend, q.device, q=q, k=k, v=v, kernel_size=kernel_size, dilation=dilation, rpb=rpb)
+    return impl(q, k, v, kernel_size, dilation, rpb, scale)
+
+
+def gather_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    index: torch.Tensor,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Attention in which each query sees only the keys it lists (QuadTree's fine levels, Sparsifiner's masks).
+
+    ``out[b, h, i] = softmax_j(scale * q[b, h, i] . k[b, h, index[b, h, i, j]]) @ v[b, h, index[b, h, i, :]]``.
+    A repeated index counts as a repeated key. Memory is O(Nq * K * head_dim).
+
+    Args:
+        q: ``(B, heads, Nq, head_dim)``.
+        k, v: ``(B, heads, Nk, head_dim)`` (``v`` may have its own last dimension).
+        index: ``(B, heads, Nq, K)`` int64 key positions in ``[0, Nk)``, K >= 1.
+        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"natten"`` (see :func:`use_backend`).
+
+    Returns:
+        ``(B, heads, Nq, v.shape[-1])``.
+    """
+    check_tensor("q", q, 4, "(B, heads, Nq, head_dim)")
+    check_tensor("k", k, 4, "(B, heads, Nk, head_dim)")
+    check_tensor("v", v, 4, "(B, heads, Nk, head_dim)")
+    check_tensor("index", index, 4, "(B, heads, Nq, K)")
+    check_floating("q", q)
+    check_same_dtype_device("q", q, k=k, v=v)
+    if k.shape[:2] != q.shape[:2] or k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k {tuple(k.shape)} must match q {tuple(q.shape)} in batch, heads and head_dim")
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"v {tuple(v.shape)} must match k {tuple(k.shape)} in batch, heads and Nk")
+    if index.dtype != torch.int64:
+        raise TypeError(f"index must have dtype torch.int64, got {index.dtype}")
+    if index.device != q.device:
+        raise ValueError(f"index is on {index.device} but q is on {q.device}; they must be on one device")
+    if index.shape[:3] != q.shape[:3] or index.shape[3] < 1:
+        raise ValueError(
+            f"index must have shape (B, heads, Nq, K>=1) = {tuple(q.shape[:3])} + (K,), got {tuple(index.shape)}"
+        )
+    n_keys = k.shape[2]
+    if not torch.compiler.is_compiling() and index.numel() > 0:
+        low, high = (int(x) for x in torch.aminmax(index))
+        if low < 0 or high >= n_keys:
+            raise ValueError(f"index values must lie in [0, Nk) = [0, {n_keys}), got values from {low} to {high}")
+    scale = check_scale(scale, q.shape[-1])
+    impl = resolve("gather_attention", backend, q.device, q=q, k=k, v=v, index=index)
+    return impl(q, k, v, index, scale)

@@ -1,0 +1,88 @@
+"""The distribution: one import name over the repository's folders, live edits, the console script."""
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import attnzoo
+import attnzoo.blocks
+import attnzoo.kernels
+import attnzoo.train
+from attnzoo import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_folders_map_into_one_namespace():
+    assert Path(attnzoo.__file__).parent == ROOT / "zoo"
+    for module, folder in [(attnzoo.blocks, "blocks"), (attnzoo.kernels, "kernels"), (attnzoo.train, "train")]:
+        assert Path(module.__file__).parent == ROOT / folder
+    assert attnzoo.__version__ != "0.0.0+unknown"  # installed, not just on sys.path
+
+
+def test_editable_install_sees_new_files_live():
+    name = f"_live_probe_{uuid.uuid4().hex[:8]}"
+    probe = ROOT / "kernels" / f"{name}.py"
+    probe.write_text("VALUE = 42\n")
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", f"import attnzoo.kernels.{name} as m; print(m.VALUE)"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd="/",
+        )
+        assert out.stdout.strip() == "42"
+    finally:
+        probe.unlink()
+
+
+def test_layer_dependency_direction():
+    """kernels imports only torch (triton, natten later); blocks never imports timm model files; zoo never Lightning."""
+
+    def imports(folder):
+        lines = []
+        for path in (ROOT / folder).rglob("*.py"):
+            lines += [
+                line.strip() for line in path.read_text().splitlines() if line.strip().startswith(("import ", "from "))
+            ]
+        return lines
+
+    assert not [line for line in imports("kernels") if "attnzoo" in line or "timm" in line or "lightning" in line]
+    assert not [
+        line for line in imports("blocks") if "timm.models" in line or "attnzoo.train" in line or "lightning" in line
+    ]
+    assert not [line for line in imports("zoo") if "lightning" in line or "attnzoo.train" in line]
+
+
+def test_bench_kernels_writes_json_with_device_versions_and_command(tmp_path, capsys):
+    cli.main(
+        [
+            "bench",
+            "kernels",
+            "--size",
+            "6",
+            "--kernel-size",
+            "3",
+            "--heads",
+            "1",
+            "--head-dim",
+            "8",
+            "--min-run-time",
+            "0.01",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    report = json.loads((tmp_path / "kernels-cpu.json").read_text())
+    assert report["device_type"] == "cpu" and "CPU" in report["device"]
+    assert report["versions"]["torch"] and report["versions"]["natten"]
+    assert report["command"].startswith("attnzoo")
+    cases = {(r["case"], r["implementation"].split()[0], r["mode"]) for r in report["results"]}
+    assert ("na2d", "torch", "forward+backward") in cases
+    assert ("na2d", "natten.na2d", "forward (no grad)") in cases
+    assert ("gather_attention", "torch", "forward+backward") in cases
+    assert all(r["median_ms"] > 0 for r in report["results"])
+    assert "median ms" in capsys.readouterr().out

@@ -1,0 +1,1 @@
+"""Lightning tasks, data modules and the ``attnzoo-train`` CLI (the only layer that knows Lightning)."""
