@@ -1,5 +1,26 @@
 """Token mixers (the seven mechanisms) and the transformer block around them.
 
 Every mixer takes and returns channels-last maps ``(B, H, W, C)`` and is built on
-:mod:`attnzoo.kernels` and ``torch.nn.functional.scaled_dot_product_attention``.
+:mod:`attnzoo.kernels` and ``torch.nn.functional.scaled_dot_product_attention``;
+:func:`create_mixer` builds any of them by name, :class:`MixerBlock` wraps one in a block.
 """
+
+from torch import nn
+
+from .block import MixerBlock
+from .neighborhood import NeighborhoodAttention2D
+
+MIXERS: dict[str, type[nn.Module]] = {
+    "neighborhood": NeighborhoodAttention2D,
+}
+"""Registry of ``create_mixer`` names."""
+
+
+def create_mixer(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module:
+    """Build the mixer registered as ``name`` with ``(dim, num_heads, **kwargs)``."""
+    if name not in MIXERS:
+        raise ValueError(f"unknown mixer {name!r}; choose one of {sorted(MIXERS)}")
+    return MIXERS[name](dim, num_heads, **kwargs)
+
+
+__all__ = ["MIXERS", "MixerBlock", "NeighborhoodAttention2D", "create_mixer"]

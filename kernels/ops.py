@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import torch_backend  # noqa: F401  (registers the reference backend)
-from ._checks import check_floating, check_int, check_same_dtype_device, check_scale, check_tensor
+from ._checks import check_floating, check_int, check_probability, check_same_dtype_device, check_scale, check_tensor
 from ._dispatch import resolve
 
 _NA_LAYOUT = "(B, H, W, heads, head_dim)"
@@ -20,6 +20,7 @@ def na2d(
     rpb: torch.Tensor | None = None,
     scale: float | None = None,
     backend: str = "auto",
+    attn_drop: float = 0.0,
 ) -> torch.Tensor:
     """2-D (dilated) neighborhood attention, NAT/DiNAT (Hassani et al., CVPR 2023; arXiv 2204.07143, 2209.15001).
 
@@ -34,6 +35,7 @@ def na2d(
         dilation: step between neighbours, >= 1; ``H`` and ``W`` must be >= ``kernel_size * dilation``.
         rpb: optional ``(heads, 2k-1, 2k-1)`` bias, any floating dtype (cast to the logits').
         backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"natten"`` (see :func:`use_backend`).
+        attn_drop: dropout probability on the attention weights (training only; NAT's ``attn_drop``).
 
     Returns:
         ``(B, H, W, heads, head_dim)``.
@@ -69,8 +71,20 @@ def na2d(
         if rpb.device != q.device:
             raise ValueError(f"rpb is on {rpb.device} but q is on {q.device}; they must be on one device")
     scale = check_scale(scale, head_dim)
-    impl = resolve("na2d", backend, q.device, q=q, k=k, v=v, kernel_size=kernel_size, dilation=dilation, rpb=rpb)
-    return impl(q, k, v, kernel_size, dilation, rpb, scale)
+    attn_drop = check_probability("attn_drop", attn_drop)
+    impl = resolve(
+        "na2d",
+        backend,
+        q.device,
+        q=q,
+        k=k,
+        v=v,
+        kernel_size=kernel_size,
+        dilation=dilation,
+        rpb=rpb,
+        attn_drop=attn_drop,
+    )
+    return impl(q, k, v, kernel_size, dilation, rpb, scale, attn_drop)
 
 
 def gather_attention(

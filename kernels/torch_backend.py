@@ -39,7 +39,7 @@ def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def na2d_torch(q, k, v, kernel_size: int, dilation: int, rpb, scale: float) -> torch.Tensor:
+def na2d_torch(q, k, v, kernel_size: int, dilation: int, rpb, scale: float, attn_drop: float = 0.0) -> torch.Tensor:
     """Neighborhood attention on ``(B, H, W, heads, d)`` tensors by gathering each k x k window."""
     _, height, width, _, _ = q.shape
     rows, row_bias = neighborhood_indices(height, kernel_size, dilation, q.device)
@@ -58,6 +58,8 @@ def na2d_torch(q, k, v, kernel_size: int, dilation: int, rpb, scale: float) -> t
         bias = rpb[:, row_bias[:, None, :, None], col_bias[None, :, None, :]]  # (h, H, W, K, K)
         logits = logits + bias.flatten(-2).to(logits.dtype)
     attn = logits.softmax(dim=-1).to(v.dtype)
+    if attn_drop > 0.0:
+        attn = torch.nn.functional.dropout(attn, attn_drop)
     out = (attn.unsqueeze(-2) @ v_windows).squeeze(-2)  # (B, h, H, W, d)
     return out.permute(0, 2, 3, 1, 4)
 

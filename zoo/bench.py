@@ -20,8 +20,9 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from attnzoo import kernels
 from torch.utils import benchmark as torch_benchmark
+
+from attnzoo import kernels
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from attnzoo.kernels import BackendError, _dispatch, available_backends, gather_attention, na2d, use_backend
 
 
@@ -12,7 +13,7 @@ def fake_backends(monkeypatch):
     registry = {op: dict(impls) for op, impls in _dispatch._REGISTRY.items()}
     monkeypatch.setattr(_dispatch, "_REGISTRY", registry)
 
-    def natten_fn(q, k, v, kernel_size, dilation, rpb, scale):
+    def natten_fn(q, k, v, kernel_size, dilation, rpb, scale, attn_drop):
         calls.append("natten")
         return torch.zeros_like(q)
 

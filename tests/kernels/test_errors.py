@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from attnzoo.kernels import gather_attention, na2d
 
 

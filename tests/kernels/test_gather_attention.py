@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from attnzoo.kernels import gather_attention
 
+from attnzoo.kernels import gather_attention
 from tests.kernels.reference import dense_gather_attention
 
 

@@ -4,9 +4,9 @@ import natten
 import pytest
 import torch
 import torch.nn.functional as F
-from attnzoo.kernels import na2d, neighborhood_indices
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from attnzoo.kernels import na2d, neighborhood_indices
 from tests.kernels.reference import dense_na2d, nearest_same_residue
 
 
@@ -122,3 +122,15 @@ def test_memory_grows_with_neighborhood_not_with_tokens_squared():
     tokens = height * width
     assert mode.numel <= tokens * kernel_size**2 * heads * head_dim
     assert mode.numel < tokens * tokens / 50
+
+
+def test_attention_dropout_zeroes_whole_weights_and_rescales():
+    torch.manual_seed(0)
+    q, k, v = qkv((1, 6, 6, 1, 1), dtype=torch.float32)
+    ones = torch.ones_like(v)
+    # with v = 1 every output is the sum of the kept, rescaled weights: 0 or a multiple of 1/(1-p)
+    out = na2d(q, k, ones, 3, attn_drop=0.5)
+    assert not torch.allclose(out, ones)
+    assert torch.allclose(na2d(q, k, ones, 3), ones)
+    with pytest.raises(ValueError, match=r"attn_drop must lie in \[0, 1\), got 1.0"):
+        na2d(q, k, v, 3, attn_drop=1.0)

@@ -1,10 +1,10 @@
 """Property-based: na2d equals dense masked attention for random sizes, kernels and dilations."""
 
 import torch
-from attnzoo.kernels import na2d
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attnzoo.kernels import na2d
 from tests.kernels.reference import dense_na2d
 
 

@@ -1,0 +1,80 @@
+"""Neighborhood attention as a token mixer.
+
+Hassani, Walton, Li, Li, Shi. "Neighborhood Attention Transformer", CVPR 2023 (arXiv 2204.07143);
+Hassani & Shi. "Dilated Neighborhood Attention Transformer" (arXiv 2209.15001).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+
+from attnzoo.kernels import na2d
+
+from ._common import check_dim_heads, check_map, check_odd, check_positive_int
+
+
+class NeighborhoodAttention2D(nn.Module):
+    """Each pixel attends to its ``kernel_size x kernel_size`` (dilated) neighbourhood, plus NAT's bias.
+
+    Parameters keep the names of the NAT/DiNAT checkpoints: ``qkv``, ``rpb`` ``(heads, 2k-1, 2k-1)``,
+    ``proj``. Maps smaller than ``kernel_size * dilation`` are zero-padded at the bottom/right before
+    the ``qkv`` projection and cropped afterwards, as NAT's module did (NATTEN <= 0.14), so padded
+    pixels are attended with keys/values equal to the qkv bias — which the released detection and
+    segmentation checkpoints were trained with.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        kernel_size: int = 7,
+        dilation: int = 1,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        rel_pos_bias: bool = True,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = check_dim_heads(dim, num_heads)
+        self.kernel_size = check_odd("kernel_size", kernel_size)
+        self.dilation = check_positive_int("dilation", dilation)
+        self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        if rel_pos_bias:
+            self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+            trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
+        else:
+            self.register_parameter("rpb", None)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_map(x, self.dim)
+        batch, height, width, _ = x.shape
+        span = self.kernel_size * self.dilation
+        pad_h, pad_w = max(span - height, 0), max(span - width, 0)
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, self.head_dim)).unbind(3)
+        out = na2d(
+            q,
+            k,
+            v,
+            self.kernel_size,
+            self.dilation,
+            rpb=self.rpb,
+            scale=self.scale,
+            attn_drop=self.attn_drop if self.training else 0.0,
+        )
+        out = out.flatten(-2)[:, :height, :width]
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, kernel_size={self.kernel_size}, dilation={self.dilation}"
