@@ -7,11 +7,19 @@ Every mixer takes and returns channels-last maps ``(B, H, W, C)`` and is built o
 
 from torch import nn
 
+from .agent import AgentAttention
 from .block import MixerBlock
+from .hilo import HiLo
 from .neighborhood import NeighborhoodAttention2D
+from .quadtree import QuadTreeAttention
+from .sparsifiner import SparsifinerAttention
 
 MIXERS: dict[str, type[nn.Module]] = {
     "neighborhood": NeighborhoodAttention2D,
+    "hilo": HiLo,
+    "quadtree": QuadTreeAttention,
+    "agent": AgentAttention,
+    "sparsifiner": SparsifinerAttention,
 }
 """Registry of ``create_mixer`` names."""
 
@@ -23,4 +31,13 @@ def create_mixer(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module:
     return MIXERS[name](dim, num_heads, **kwargs)
 
 
-__all__ = ["MIXERS", "MixerBlock", "NeighborhoodAttention2D", "create_mixer"]
+__all__ = [
+    "MIXERS",
+    "AgentAttention",
+    "HiLo",
+    "MixerBlock",
+    "NeighborhoodAttention2D",
+    "QuadTreeAttention",
+    "SparsifinerAttention",
+    "create_mixer",
+]

@@ -75,3 +75,14 @@ def check_sequence(x: object, dim: int, grid_size: object, num_prefix_tokens: in
             f"= {num_prefix_tokens + height * width}"
         )
     return height, width
+
+
+def check_optional_positive_real(name: str, value: object) -> float | None:
+    """``None`` or a real number > 0 (e.g. ``qk_scale``, where ``None`` means the default)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number or None, got {type(value).__name__} {value!r}")
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 (or None), got {value}")
+    return float(value)

@@ -13,7 +13,7 @@ from torch import nn
 
 from attnzoo.kernels import na2d
 
-from ._common import check_dim_heads, check_map, check_odd, check_positive_int
+from ._common import check_dim_heads, check_map, check_odd, check_optional_positive_real, check_positive_int
 
 
 class NeighborhoodAttention2D(nn.Module):
@@ -44,6 +44,7 @@ class NeighborhoodAttention2D(nn.Module):
         self.head_dim = check_dim_heads(dim, num_heads)
         self.kernel_size = check_odd("kernel_size", kernel_size)
         self.dilation = check_positive_int("dilation", dilation)
+        qk_scale = check_optional_positive_real("qk_scale", qk_scale)
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         if rel_pos_bias:

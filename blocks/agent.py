@@ -1,0 +1,206 @@
+"""Agent attention: softmax attention routed through a few pooled agent tokens.
+
+Han, Ye, Han, Pan, Song, Huang. "Agent Attention: On the Integration of Softmax and Linear Attention",
+ECCV 2024 (arXiv 2312.08874). Authors' code: LeapLabTHU/Agent-Attention, ``agent_transformer/models/``
+``agent_swin.py`` / ``agent_pvt.py`` (map form) and ``agent_deit.py`` (sequence form with a cls token).
+
+``n`` agent tokens ``A`` (queries average-pooled to a ``sqrt(n) x sqrt(n)`` grid) first gather the values,
+``V_A = softmax(A K^T s + B_ak) V``, then broadcast them back, ``O = softmax(Q A^T s + B_qa) V_A``. Both
+softmaxes are ``n x N`` / ``N x n``, so the cost is linear in the token count ``N`` and no ``N x N`` matrix
+exists. A depthwise 3x3 conv of ``V`` (``dwc``) restores local detail before ``proj``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+
+from ._common import (
+    check_dim_heads,
+    check_fraction,
+    check_map,
+    check_optional_positive_real,
+    check_positive_int,
+    check_sequence,
+)
+
+
+def _check_agent_num(agent_num: object) -> int:
+    agent_num = check_positive_int("agent_num", agent_num)
+    if math.isqrt(agent_num) ** 2 != agent_num:
+        raise ValueError(f"agent_num must be a perfect square (agents form a p x p grid), got {agent_num}")
+    return agent_num
+
+
+def _check_window_size(window_size: object) -> tuple[int, int]:
+    if isinstance(window_size, numbers.Integral) and not isinstance(window_size, bool):
+        window_size = (window_size, window_size)
+    if not isinstance(window_size, Sequence) or len(window_size) != 2:
+        raise ValueError(f"window_size must be an int or a pair (H, W), got {window_size!r}")
+    return check_positive_int("window_size[0]", window_size[0]), check_positive_int("window_size[1]", window_size[1])
+
+
+class AgentAttention(nn.Module):
+    """Agent attention over one ``window_size`` map, optionally preceded by prefix (cls) tokens.
+
+    Takes a channels-last map ``(B, H, W, C)`` (Agent-Swin / Agent-PVT with ``sr_ratio=1``; the window
+    is the whole map, as in the released classification models) or a sequence ``(B, P + H*W, C)`` with
+    ``grid_size=(H, W)`` (Agent-DeiT; ``P = num_prefix_tokens``). With prefix tokens, agents are pooled
+    from the patch queries only, ``ac_bias``/``ca_bias`` bias the agent->prefix and prefix->agent logits,
+    and ``dwc`` is added to the patch tokens only.
+
+    Parameter names follow the authors' checkpoints: ``qkv`` (q|k|v, heads contiguous in C), ``proj``,
+    ``dwc``, ``an_bias``/``na_bias`` ``(h, n, 7, 7)`` (bilinearly resized to the window, a smooth 2-D
+    prior), ``ah_bias``/``aw_bias``/``ha_bias``/``wa_bias`` (per-row/column terms sized by the window)
+    and, only when ``num_prefix_tokens > 0``, ``ac_bias`` ``(1, h, n, P)`` and ``ca_bias`` ``(1, h, P, n)``
+    (the authors' DeiT has ``P = 1``). Because these are sized by the window, a module serves one map
+    size. Agent-PVT's separate ``q``/``kv`` Linears are not kept: a checkpoint converter concatenates
+    ``q`` and ``kv`` (k|v) row-wise into ``qkv``, which computes the same projection.
+    ``qk_scale`` overrides ``head_dim ** -0.5``; the authors' modules accept but ignore it, so converters
+    should leave it ``None``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        agent_num: int = 49,
+        window_size: int | Sequence[int] = (14, 14),
+        num_prefix_tokens: int = 0,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = check_dim_heads(dim, num_heads)
+        self.agent_num = _check_agent_num(agent_num)
+        self.pool_size = math.isqrt(self.agent_num)
+        self.window_size = _check_window_size(window_size)
+        self.num_prefix_tokens = check_positive_int("num_prefix_tokens", num_prefix_tokens, minimum=0)
+        qk_scale = check_optional_positive_real("qk_scale", qk_scale)
+        self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
+        self.attn_drop = check_fraction("attn_drop", attn_drop, 0.0, 1.0)
+        check_fraction("proj_drop", proj_drop, 0.0, 1.0)
+
+        wh, ww = self.window_size
+        heads, agents, prefix = num_heads, self.agent_num, self.num_prefix_tokens
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.dwc = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.an_bias = nn.Parameter(torch.zeros(heads, agents, 7, 7))
+        self.na_bias = nn.Parameter(torch.zeros(heads, agents, 7, 7))
+        self.ah_bias = nn.Parameter(torch.zeros(1, heads, agents, wh, 1))
+        self.aw_bias = nn.Parameter(torch.zeros(1, heads, agents, 1, ww))
+        self.ha_bias = nn.Parameter(torch.zeros(1, heads, wh, 1, agents))
+        self.wa_bias = nn.Parameter(torch.zeros(1, heads, 1, ww, agents))
+        biases = [self.an_bias, self.na_bias, self.ah_bias, self.aw_bias, self.ha_bias, self.wa_bias]
+        if prefix:
+            self.ac_bias = nn.Parameter(torch.zeros(1, heads, agents, prefix))
+            self.ca_bias = nn.Parameter(torch.zeros(1, heads, prefix, agents))
+            biases += [self.ac_bias, self.ca_bias]
+        for bias in biases:
+            trunc_normal_(bias, std=0.02)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        grid_size: Sequence[int] | None = None,
+        num_prefix_tokens: int | None = None,
+    ) -> torch.Tensor:
+        """``(B, H, W, C)`` map, or ``(B, P + H*W, C)`` sequence with ``grid_size=(H, W)``.
+
+        ``num_prefix_tokens`` defaults to (and must equal) the value the module was built with.
+        """
+        prefix = self.num_prefix_tokens
+        if num_prefix_tokens is not None:
+            num_prefix_tokens = check_positive_int("num_prefix_tokens", num_prefix_tokens, minimum=0)
+            if num_prefix_tokens != prefix:
+                raise ValueError(
+                    f"num_prefix_tokens={num_prefix_tokens} but the module was built with num_prefix_tokens={prefix} "
+                    "(ac_bias/ca_bias are sized by it)"
+                )
+        if isinstance(x, torch.Tensor) and x.dim() == 3:
+            if grid_size is None:
+                raise ValueError(
+                    "x must be a channels-last map (B, H, W, C), or a token sequence (B, N, C) given with "
+                    f"grid_size=(H, W); got shape {tuple(x.shape)} without grid_size"
+                )
+            height, width = check_sequence(x, self.dim, grid_size, prefix)
+            tokens = x
+        else:
+            check_map(x, self.dim)
+            if prefix:
+                raise ValueError(
+                    f"the module was built with num_prefix_tokens={prefix}; give it a (B, N, C) sequence with "
+                    f"grid_size, not a (B, H, W, C) map of shape {tuple(x.shape)}"
+                )
+            height, width = x.shape[1], x.shape[2]
+            if grid_size is not None and tuple(grid_size) != (height, width):
+                raise ValueError(f"grid_size {tuple(grid_size)} does not match the map's (H, W) {(height, width)}")
+            tokens = x.flatten(1, 2)
+        if (height, width) != self.window_size:
+            raise ValueError(
+                f"map size (H, W) = {(height, width)} differs from the window_size {self.window_size} the module "
+                "was built for (the position biases are sized by it)"
+            )
+        out = self._mix(tokens, height, width)
+        return out.view_as(x)
+
+    def _biases(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive logits: agents->keys ``(1, h, n, P+HW)`` and queries->agents ``(1, h, P+HW, n)``."""
+        heads, agents = self.num_heads, self.agent_num
+        size = self.window_size
+        # agent -> key: smooth 7x7 table resized to the map, plus row and column terms
+        agent_key = F.interpolate(self.an_bias, size=size, mode="bilinear", align_corners=False).unsqueeze(0)
+        agent_key = (agent_key + self.ah_bias + self.aw_bias).reshape(1, heads, agents, -1)
+        # query -> agent: the same construction, laid out (query, agent)
+        table = F.interpolate(self.na_bias, size=size, mode="bilinear", align_corners=False)
+        query_agent = table.permute(0, 2, 3, 1).unsqueeze(0) + self.ha_bias + self.wa_bias
+        query_agent = query_agent.reshape(1, heads, -1, agents)
+        if self.num_prefix_tokens:
+            agent_key = torch.cat([self.ac_bias, agent_key], dim=-1)
+            query_agent = torch.cat([self.ca_bias, query_agent], dim=-2)
+        return agent_key.to(dtype), query_agent.to(dtype)
+
+    def _mix(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        batch, n_tokens, channels = x.shape
+        prefix = self.num_prefix_tokens
+        heads, head_dim = self.num_heads, self.head_dim
+        q, k, v = self.qkv(x).view(batch, n_tokens, 3, heads, head_dim).unbind(2)  # (B, N, h, d) each
+
+        # Agents: adaptive average pool of the patch queries over all channels (bins overlap when the map
+        # is not a multiple of the grid). Pooling is per channel, so it commutes with the head split.
+        q_map = q[:, prefix:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        agents = F.adaptive_avg_pool2d(q_map, self.pool_size).flatten(2).transpose(1, 2)  # (B, n, C)
+        agents = agents.reshape(batch, self.agent_num, heads, head_dim).transpose(1, 2)  # (B, h, n, d)
+        # Local term: depthwise 3x3 conv of the patch values (channels-last memory), added to patch tokens only.
+        v_map = v[:, prefix:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        local = self.dwc(v_map).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, N, d)
+        agent_key, query_agent = self._biases(q.dtype)
+        opts = dict(dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
+        agent_v = F.scaled_dot_product_attention(agents, k, v, attn_mask=agent_key, **opts)  # (B, h, n, d)
+        out = F.scaled_dot_product_attention(q, agents, agent_v, attn_mask=query_agent, **opts)  # (B, h, N, d)
+        out = out.transpose(1, 2).reshape(batch, n_tokens, channels)
+        if prefix:
+            out = torch.cat([out[:, :prefix], out[:, prefix:] + local], dim=1)
+        else:
+            out = out + local
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, agent_num={self.agent_num}, "
+            f"window_size={self.window_size}, num_prefix_tokens={self.num_prefix_tokens}"
+        )

@@ -1,0 +1,276 @@
+"""QuadTree attention: coarse-to-fine attention that refines only the top-k regions of each level.
+
+Tang, Zhang, Zhu, Tan. "QuadTree Attention for Vision Transformers", ICLR 2022 (arXiv 2201.02767).
+Authors' code: Tangshitao/QuadTreeAttention, ``classification/quadtree_attention.py::QuadtreeAttention``
+(the wrapper: projections, pyramid, output projection) and
+``QuadTreeAttention/QuadtreeAttention/modules/quadtree_attention.py`` (``QTAttA``, ``QTAttB``).
+
+Queries, keys and values are built into a pyramid of ``L = sr_ratio`` levels (2x2 average pooling of
+q and k; of v too in variant A, a learned ``value_branchs`` block in variant B). The coarsest level is
+full attention. Every finer query inherits its parent's ``topk`` most-attended keys and attends only to
+their 4 children each (``4 * topk`` candidates), so attention cost grows linearly with the map size;
+its own ``topk`` best candidates seed the next level.
+
+* Variant B (all released classification models): per level, softmax over that level's candidates
+  (:func:`attnzoo.kernels.gather_attention`), plus a depthwise 3x3 LePE of the level's values; the levels
+  are nearest-upsampled and summed with weights ``softmax(py_att.weight)``.
+* Variant A: the candidate softmax runs over the 4 children of each parent key and is multiplied by that
+  parent key's attention score (score redistribution); on every level but the finest the selected keys
+  are left out of the message (they are refined below). This is not a softmax over listed keys, so it is
+  computed with explicit gathers; the level messages are summed unweighted, without LePE.
+
+Identity (tested): when ``topk`` is at least the number of tokens of every level but the finest, each
+query's candidates are all keys of its level, so variant B equals
+``sum_l softmax(weight)_l * upsample(MHSA_l(q_l, k_l, v_l) + LePE_l(v_l))``; with ``L = 1`` it is plain
+MHSA + LePE.
+
+Interpretations of the authors' code (identical results wherever their code runs):
+``topk`` is clamped to the number of candidates (the authors' ``torch.topk`` raises when a level has
+fewer tokens than ``topk``), and selections that nothing reads (the finest level's top-k; the coarse
+top-k when ``L = 1`` in variant B) are not computed. ``qk_scale`` is honoured when given (the authors'
+core always uses ``head_dim ** -0.5``, which is the default here); ``attn_drop`` is accepted but, as in the
+reference, never applied. The authors cast the pyramid to fp32 for their CUDA ops; here attention runs
+in the input's (or autocast's) dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+
+from attnzoo.kernels import gather_attention
+
+from ._common import check_dim_heads, check_fraction, check_map, check_optional_positive_real, check_positive_int
+
+ATTN_TYPES = ("A", "B")
+
+
+def _pool2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 average pooling of a channels-last map."""
+    return F.avg_pool2d(x.permute(0, 3, 1, 2), 2, 2).permute(0, 2, 3, 1)
+
+
+def _upsample2(x: torch.Tensor) -> torch.Tensor:
+    """Nearest 2x upsampling of a channels-last map: each pixel to its 2x2 children."""
+    batch, height, width, channels = x.shape
+    x = x[:, :, None, :, None, :].expand(batch, height, 2, width, 2, channels)
+    return x.reshape(batch, 2 * height, 2 * width, channels)
+
+
+def _group_children(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(B, h, H*W, X)`` in raster order -> ``(B, h, H/2 * W/2, 4, X)``: the 4 children of each parent."""
+    batch, heads, _, last = x.shape
+    x = x.view(batch, heads, height // 2, 2, width // 2, 2, last).permute(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(batch, heads, (height // 2) * (width // 2), 4, last)
+
+
+def _ungroup_children(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`_group_children`."""
+    batch, heads, _, _, last = x.shape
+    x = x.view(batch, heads, height // 2, width // 2, 2, 2, last).permute(0, 1, 2, 4, 3, 5, 6)
+    return x.reshape(batch, heads, height * width, last)
+
+
+def _children_of(selected: torch.Tensor, parent_width: int) -> torch.Tensor:
+    """Raster indices, at the finer level, of the 4 children of each selected parent-level key.
+
+    ``(..., K)`` parent positions -> ``(..., 4K)``, ordered key by key, children (row, col) in
+    (0,0), (0,1), (1,0), (1,1) order as in the authors' index construction.
+    """
+    width = 2 * parent_width
+    top_left = 2 * torch.div(selected, parent_width, rounding_mode="floor") * width + 2 * (selected % parent_width)
+    offsets = (torch.arange(2, device=selected.device) * width)[:, None] + torch.arange(2, device=selected.device)
+    return (top_left[..., None] + offsets.flatten()).flatten(-2)
+
+
+class _LevelMixing(nn.Module):
+    """Variant B's per-level parameters (the authors' ``py_att``): level weights and LePE convs.
+
+    ``weight[i]`` and ``get_vs[i]`` belong to level ``i`` counted from the coarsest.
+    """
+
+    def __init__(self, dim: int, levels: int):
+        super().__init__()
+        self.get_vs = nn.ModuleList(nn.Conv2d(dim, dim, 3, padding=1, groups=dim) for _ in range(levels))
+        self.weight = nn.Parameter(torch.randn(levels))
+
+
+class QuadTreeAttention(nn.Module):
+    """QuadTree attention (variants ``"A"`` and ``"B"``) on channels-last maps ``(B, H, W, C)``.
+
+    Parameters keep the names of the authors' checkpoints: ``q_proj``/``k_proj``/``v_proj`` (1x1
+    ``Conv2d``, applied as linear maps on channels-last tokens), ``proj``; in variant B also
+    ``py_att.weight`` ``(L,)``, ``py_att.get_vs.{i}`` (LePE, coarsest level first) and
+    ``value_branchs.{l}`` (GroupNorm, GELU, 2x2/2 conv, GroupNorm, GELU, 1x1 conv: values of level
+    ``l + 1`` from level ``l``). ``sr_ratio`` is the number of pyramid levels (the authors reuse PVT's
+    name); ``H`` and ``W`` must be divisible by ``2 ** (sr_ratio - 1)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        sr_ratio: int = 1,
+        attn_type: str = "B",
+        topk: int = 8,
+    ):
+        super().__init__()
+        self.head_dim = check_dim_heads(dim, num_heads)
+        self.sr_ratio = check_positive_int("sr_ratio", sr_ratio)
+        self.topk = check_positive_int("topk", topk)
+        if attn_type not in ATTN_TYPES:
+            raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
+        self.attn_drop = check_fraction("attn_drop", attn_drop, 0.0, 1.0)
+        proj_drop = check_fraction("proj_drop", proj_drop, 0.0, 1.0)
+        qk_scale = check_optional_positive_real("qk_scale", qk_scale)
+        self.dim = dim
+        self.num_heads = num_heads
+        self.attn_type = attn_type
+        self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
+
+        self.q_proj = nn.Conv2d(dim, dim, 1, bias=qkv_bias)
+        self.k_proj = nn.Conv2d(dim, dim, 1, bias=qkv_bias)
+        self.v_proj = nn.Conv2d(dim, dim, 1, bias=qkv_bias)
+        if attn_type == "B":
+            self.py_att = _LevelMixing(dim, self.sr_ratio)
+            self.value_branchs = nn.ModuleList(
+                nn.Sequential(
+                    nn.GroupNorm(1, dim),
+                    nn.GELU(),
+                    nn.Conv2d(dim, dim, 2, stride=2),
+                    nn.GroupNorm(1, dim),
+                    nn.GELU(),
+                    nn.Conv2d(dim, dim, 1),
+                )
+                for _ in range(self.sr_ratio - 1)
+            )
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # the wrapper's own init: truncated normal 0.02 for every conv and linear, zero biases
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        return x.reshape(batch, height * width, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _merge_heads(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return x.transpose(1, 2).reshape(x.shape[0], height, width, self.dim)
+
+    def _pyramid(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Channels-last q, k, v maps, finest level first."""
+        queries = [F.linear(x, self.q_proj.weight.flatten(1), self.q_proj.bias)]
+        keys = [F.linear(x, self.k_proj.weight.flatten(1), self.k_proj.bias)]
+        values = [F.linear(x, self.v_proj.weight.flatten(1), self.v_proj.bias)]
+        for level in range(self.sr_ratio - 1):
+            queries.append(_pool2(queries[-1]))
+            keys.append(_pool2(keys[-1]))
+            if self.attn_type == "B":
+                # the branch keeps channels-last memory, so .contiguous() is free in eager; it pins the
+                # layout for torch.compile, whose traced strides for GroupNorm/conv can differ from eager's
+                branch = self.value_branchs[level](values[-1].permute(0, 3, 1, 2))
+                values.append(branch.permute(0, 2, 3, 1).contiguous())
+            else:
+                values.append(_pool2(values[-1]))
+        return queries, keys, values
+
+    def _forward_b(self, queries, keys, values) -> torch.Tensor:
+        levels = self.sr_ratio
+        weight = self.py_att.weight.softmax(dim=0)
+        out = None
+        selected = None  # (B, h, N_level, K) raster key positions chosen by each query of the level above
+        for i in range(levels):  # i = 0 is the coarsest level
+            level = levels - 1 - i
+            height, width = queries[level].shape[1:3]
+            q, k, v = (self._split_heads(t[level]) for t in (queries, keys, values))
+            if i == 0:
+                message = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+                if levels > 1:
+                    # selection only: top-k of the softmax of the (gradient-free) coarse attention
+                    probs = ((q.detach() @ k.detach().transpose(-1, -2)) * self.scale).softmax(dim=-1)
+                    selected = probs.topk(min(self.topk, k.shape[2]), dim=-1).indices
+            else:
+                parents = _children_of(selected, width // 2)  # (B, h, N_parent, 4K)
+                n_cand = parents.shape[-1]
+                per_query = _ungroup_children(parents[:, :, :, None, :].expand(-1, -1, -1, 4, -1), height, width)
+                message = gather_attention(q, k, v, per_query, scale=self.scale)
+                if level > 0:
+                    # the 4 children of a parent share its candidates: score them with one gather per parent
+                    q_grouped = _group_children(q.detach(), height, width)  # (B, h, Np, 4, d)
+                    k_cand = k.detach().gather(2, parents.flatten(2)[..., None].expand(-1, -1, -1, self.head_dim))
+                    k_cand = k_cand.view(*parents.shape, self.head_dim)  # (B, h, Np, 4K, d)
+                    probs = ((q_grouped @ k_cand.transpose(-1, -2)) * self.scale).softmax(dim=-1)
+                    local = probs.topk(min(self.topk, n_cand), dim=-1).indices  # (B, h, Np, 4, K')
+                    chosen = parents[:, :, :, None, :].expand(-1, -1, -1, 4, -1).gather(-1, local)
+                    selected = _ungroup_children(chosen, height, width)
+            lepe = self.py_att.get_vs[i](values[level].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            term = (self._merge_heads(message, height, width) + lepe) * weight[i]
+            out = term if out is None else _upsample2(out) + term
+        return out
+
+    def _forward_a(self, queries, keys, values) -> torch.Tensor:
+        levels = self.sr_ratio
+        out = None
+        for i in range(levels):  # i = 0 is the coarsest level
+            level = levels - 1 - i
+            height, width = queries[level].shape[1:3]
+            q, k, v = (self._split_heads(t[level]) for t in (queries, keys, values))
+            if i == 0:
+                probs = ((q @ k.transpose(-1, -2)) * self.scale).softmax(dim=-1)  # (B, h, N, N): coarse only
+                score, selected = probs.topk(min(self.topk, k.shape[2]), dim=-1)
+                # the selected keys are refined on the finer levels, so the coarse message leaves them out
+                message = probs.scatter(-1, selected, 0.0) @ v
+            else:
+                parents = _children_of(selected, width // 2)  # (B, h, Np, 4K)
+                n_parent_keys = selected.shape[-1]
+                q_grouped = _group_children(q, height, width)  # (B, h, Np, 4, d)
+                flat = parents.flatten(2)[..., None].expand(-1, -1, -1, self.head_dim)
+                k_cand = k.gather(2, flat).view(*parents.shape, self.head_dim)
+                v_cand = v.gather(2, flat).view(*parents.shape, self.head_dim)
+                logits = (q_grouped @ k_cand.transpose(-1, -2)) * self.scale  # (B, h, Np, 4, 4K)
+                # softmax over the 4 children of each parent key, scaled by that key's parent score
+                grouped_shape = (*logits.shape[:-1], n_parent_keys, 4)
+                probs = logits.view(grouped_shape).softmax(dim=-1) * score[:, :, :, None, :, None]
+                probs = probs.flatten(-2)
+                if level > 0:
+                    score, local = probs.topk(min(self.topk, parents.shape[-1]), dim=-1)
+                    chosen = parents[:, :, :, None, :].expand(-1, -1, -1, 4, -1).gather(-1, local)
+                    selected = _ungroup_children(chosen, height, width)
+                    score = _ungroup_children(score, height, width)
+                    probs = probs.scatter(-1, local, 0.0)
+                message = _ungroup_children(probs @ v_cand, height, width)
+            term = self._merge_heads(message, height, width)
+            out = term if out is None else _upsample2(out) + term
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_map(x, self.dim)
+        height, width = x.shape[1], x.shape[2]
+        multiple = 2 ** (self.sr_ratio - 1)
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"x has a {height}x{width} map, but sr_ratio={self.sr_ratio} pyramid levels need H and W "
+                f"divisible by 2**(sr_ratio-1) = {multiple}"
+            )
+        queries, keys, values = self._pyramid(x)
+        forward_levels = self._forward_b if self.attn_type == "B" else self._forward_a
+        out = forward_levels(queries, keys, values)
+        return self.proj_drop(self.proj(out))
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, sr_ratio={self.sr_ratio}, attn_type={self.attn_type!r}, "
+            f"topk={self.topk}"
+        )
