@@ -9,6 +9,15 @@ from torch import nn
 
 from .agent import AgentAttention
 from .block import MixerBlock
+from .dual import (
+    ChannelBlock,
+    ChannelGroupAttention,
+    DaViTBlockPair,
+    DualAttention,
+    SpatialBlock,
+    SpatialWindowAttention,
+)
+from .focal import FocalModulation
 from .hilo import HiLo
 from .neighborhood import NeighborhoodAttention2D
 from .quadtree import QuadTreeAttention
@@ -18,7 +27,9 @@ MIXERS: dict[str, type[nn.Module]] = {
     "neighborhood": NeighborhoodAttention2D,
     "hilo": HiLo,
     "quadtree": QuadTreeAttention,
+    "dual": DualAttention,
     "agent": AgentAttention,
+    "focal": FocalModulation,
     "sparsifiner": SparsifinerAttention,
 }
 """Registry of ``create_mixer`` names."""
@@ -34,6 +45,13 @@ def create_mixer(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module:
 __all__ = [
     "MIXERS",
     "AgentAttention",
+    "ChannelBlock",
+    "ChannelGroupAttention",
+    "DaViTBlockPair",
+    "DualAttention",
+    "FocalModulation",
+    "SpatialBlock",
+    "SpatialWindowAttention",
     "HiLo",
     "MixerBlock",
     "NeighborhoodAttention2D",

@@ -10,7 +10,7 @@ import attnzoo
 import attnzoo.blocks
 import attnzoo.kernels
 import attnzoo.train
-from attnzoo import cli
+from attnzoo import bench, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,3 +86,12 @@ def test_bench_kernels_writes_json_with_device_versions_and_command(tmp_path, ca
     assert ("gather_attention", "torch", "forward+backward") in cases
     assert all(r["median_ms"] > 0 for r in report["results"])
     assert "median ms" in capsys.readouterr().out
+
+
+def test_bench_blocks_times_every_mixer_next_to_dense_attention(tmp_path):
+    cli.main(["bench", "blocks", "--cases", "8x16x2", "--min-run-time", "0.01", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "blocks-cpu.json").read_text())
+    labels = {r["case"] for r in report["results"]}
+    assert labels == {"dense (SDPA)", *bench.block_settings(8)}
+    assert {r["mode"] for r in report["results"]} == {"forward (no grad)", "forward+backward"}
+    assert report["settings"]["cases"] == [[8, 16, 2]]
