@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from ._common import check_dim_heads, check_fraction, check_map, check_odd, check_positive_int
+from ._common import check_dim_heads, check_fraction, check_map, check_odd, check_positive_int, conv_channels_last
 
 
 def _check_mlp_ratio(mlp_ratio: object) -> float:
@@ -31,20 +31,6 @@ def _check_mlp_ratio(mlp_ratio: object) -> float:
     if not mlp_ratio > 0:
         raise ValueError(f"mlp_ratio must be > 0, got {mlp_ratio}")
     return float(mlp_ratio)
-
-
-def _conv_channels_last(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply an NCHW conv module to a channels-last map ``(B, H, W, C)`` and return channels-last.
-
-    Eagerly the conv sees channels_last memory (a free permute for contiguous maps; several times
-    faster than an NCHW copy for depthwise convs on CPU). Under ``torch.compile`` it sees an
-    NCHW-contiguous input instead: Inductor (torch 2.14) fails to order the strides of a
-    channels_last conv input once shapes turn dynamic ("cannot determine truth value of Relational"),
-    and it chooses the conv layout itself anyway.
-    """
-    if torch.compiler.is_compiling():
-        return conv(x.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1).contiguous()
-    return conv(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
 
 
 def _window_attention(x: torch.Tensor, qkv: nn.Module, num_heads: int, window_size: int) -> torch.Tensor:
@@ -183,7 +169,7 @@ class ConvPosEnc(nn.Module):
         self.act = nn.GELU() if act else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feat = _conv_channels_last(self.proj, x)
+        feat = conv_channels_last(self.proj, x)
         return x + self.act(feat)
 
 

@@ -18,21 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_fraction, check_map, check_odd, check_positive_int
-
-
-def _conv_channels_last(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Apply an NCHW conv module to a channels-last map ``(B, H, W, C)`` and return channels-last.
-
-    Eagerly the conv sees channels_last memory (a free permute for contiguous maps; several times
-    faster than an NCHW copy for depthwise convs on CPU). Under ``torch.compile`` it sees an
-    NCHW-contiguous input instead: Inductor (torch 2.14) fails to order the strides of a
-    channels_last conv input once shapes turn dynamic ("cannot determine truth value of Relational"),
-    and it chooses the conv layout itself anyway.
-    """
-    if torch.compiler.is_compiling():
-        return conv(x.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1).contiguous()
-    return conv(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
+from ._common import check_fraction, check_map, check_odd, check_positive_int, conv_channels_last
 
 
 class FocalModulation(nn.Module):
@@ -96,7 +82,7 @@ class FocalModulation(nn.Module):
 
         ctx_all: torch.Tensor | float = 0.0  # 0 + t is exactly t: the official accumulation order
         for level, focal_layer in enumerate(self.focal_layers):
-            ctx = _conv_channels_last(focal_layer, ctx)  # level 0 copies its slice of f's output once
+            ctx = conv_channels_last(focal_layer, ctx)  # level 0 copies its slice of f's output once
             ctx_all = ctx_all + ctx * gates[..., level : level + 1]
         ctx_global = self.act(ctx.mean(dim=(1, 2), keepdim=True))  # mean of the widest level, not of the input
         ctx_all = ctx_all + ctx_global * gates[..., levels:]
