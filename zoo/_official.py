@@ -1,0 +1,123 @@
+"""The authors' constructor arguments and state dicts -> attnzoo models, for every family.
+
+Each family registers one :class:`OfficialFormat` naming its entrypoints, how the authors'
+constructor keywords become ours, and its ``checkpoint_filter_fn`` (the same function timm calls
+when it loads pretrained weights). :func:`from_official` and :func:`load_official_state_dict` are
+the public API on top; parity tests and users with non-standard authors' checkpoints use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+import timm
+import torch
+from timm.models import model_entrypoint, split_model_name_tag
+from torch import nn
+
+
+@dataclass(frozen=True)
+class OfficialFormat:
+    """How one family's released code maps onto ours.
+
+    ``config_to_kwargs(config)`` turns the authors' constructor keywords (their names and their
+    class defaults for whatever is missing) into a complete set of our model keywords, so that the
+    variant's own defaults never leak in. ``checkpoint_filter_fn(state_dict, model)`` renames and
+    reshapes the authors' keys into ours and drops buffers we regenerate.
+    """
+
+    family: str
+    entrypoints: tuple[str, ...]
+    config_to_kwargs: Callable[[dict], dict]
+    checkpoint_filter_fn: Callable[[dict, nn.Module], dict]
+
+
+_BY_ENTRYPOINT: dict[str, OfficialFormat] = {}
+
+
+def register_official(fmt: OfficialFormat) -> OfficialFormat:
+    for name in fmt.entrypoints:
+        if name in _BY_ENTRYPOINT and _BY_ENTRYPOINT[name] is not fmt:
+            raise ValueError(f"{name!r} already has an official format ({_BY_ENTRYPOINT[name].family})")
+        _BY_ENTRYPOINT[name] = fmt
+    return fmt
+
+
+def official_entrypoints() -> list[str]:
+    """Every registered model name that :func:`from_official` accepts."""
+    return sorted(_BY_ENTRYPOINT)
+
+
+def _format_for(entrypoint: str) -> OfficialFormat:
+    if not isinstance(entrypoint, str):
+        raise TypeError(f"entrypoint must be a model name (str), got {type(entrypoint).__name__}")
+    name = entrypoint.split(".", 1)[0]  # "nat_tiny.in1k" -> "nat_tiny"
+    try:
+        return _BY_ENTRYPOINT[name]
+    except KeyError:
+        raise ValueError(
+            f"entrypoint {entrypoint!r} has no authors' format; known: {', '.join(official_entrypoints())}"
+        ) from None
+
+
+def unwrap_state_dict(checkpoint: Mapping) -> dict[str, torch.Tensor]:
+    """The bare state dict inside an authors' checkpoint (``{"model": sd}``, ``{"state_dict": sd}`` or sd).
+
+    A ``module.`` prefix left by DataParallel/DDP training is removed.
+    """
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(checkpoint).__name__}")
+    for key in ("model", "state_dict", "model_state"):
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            checkpoint = inner
+            break
+    state_dict = dict(checkpoint)
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k[len("module.") :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
+def check_config_keys(family: str, config: Mapping, known: Iterable[str]) -> None:
+    """Refuse authors' keywords we do not translate, instead of silently building another model."""
+    unknown = sorted(set(config) - set(known))
+    if unknown:
+        raise ValueError(f"{family}: unsupported authors' constructor argument(s) {unknown}; known: {sorted(known)}")
+
+
+def from_official(entrypoint: str, config: Mapping | None = None, state_dict: Mapping | None = None) -> nn.Module:
+    """Build ``entrypoint`` for the authors' constructor arguments ``config`` and load their weights.
+
+    ``config`` holds the keyword arguments of the authors' model class (their names; their class
+    defaults apply to what is missing); ``None`` builds the registered variant as released.
+    ``state_dict`` (optional) is an authors' checkpoint, loaded strictly through the family's
+    converter. The model is returned in eval mode when weights were loaded.
+    """
+    fmt = _format_for(entrypoint)
+    if config is None:
+        model = timm.create_model(entrypoint, pretrained=False)
+    else:
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a mapping of the authors' constructor arguments, got {type(config)}")
+        # the entrypoint itself, not timm.create_model, which drops None-valued keywords (e.g. layer_scale=None)
+        name, tag = split_model_name_tag(entrypoint)
+        kwargs = fmt.config_to_kwargs(dict(config))
+        model = model_entrypoint(name)(pretrained=False, pretrained_cfg=tag or None, **kwargs)
+    if state_dict is not None:
+        load_official_state_dict(model, state_dict)
+        model.eval()
+    return model
+
+
+def load_official_state_dict(model: nn.Module, state_dict: Mapping) -> nn.Module:
+    """Load an authors' checkpoint into an attnzoo model through its family's converter (strict)."""
+    architecture = getattr(model, "pretrained_cfg", {}).get("architecture")
+    if architecture is None:
+        raise ValueError(
+            "model has no pretrained_cfg['architecture']; build it with timm.create_model or attnzoo.from_official"
+        )
+    fmt = _format_for(architecture)
+    converted = fmt.checkpoint_filter_fn(unwrap_state_dict(state_dict), model)
+    model.load_state_dict(converted, strict=True)
+    return model
