@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import torch_backend  # noqa: F401  (registers the reference backend)
+from . import natten_backend, torch_backend, triton_gather, triton_na2d  # noqa: F401  (each registers itself)
 from ._checks import check_floating, check_int, check_probability, check_same_dtype_device, check_scale, check_tensor
 from ._dispatch import resolve
 

@@ -12,7 +12,22 @@ try:
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
+import fnmatch as _fnmatch
+
+import timm as _timm
+
 from ._official import from_official, load_official_state_dict, official_entrypoints
 from . import nat  # noqa: E402,F401  (registers NAT and DiNAT in timm)
+from . import litv2  # noqa: E402,F401  (registers LITv2 in timm)
 
-__all__ = ["__version__", "from_official", "load_official_state_dict", "official_entrypoints"]
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the models attnzoo registers in timm (those matching the glob ``pattern``)."""
+    return [
+        name
+        for name in _timm.list_models(pattern)
+        if _timm.models.model_entrypoint(name).__module__.startswith(__name__ + ".") and _fnmatch.fnmatch(name, pattern)
+    ]
+
+
+__all__ = ["__version__", "from_official", "list_models", "load_official_state_dict", "official_entrypoints"]

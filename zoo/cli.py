@@ -3,30 +3,123 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from dataclasses import asdict
 from pathlib import Path
 
+import timm
 import torch
+
+from attnzoo import bench
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device(text: str) -> torch.device:
+    """A torch device that exists here, so a typo or a missing GPU is an argparse error, not a traceback."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("CUDA is not available on this machine")
+    return device
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _kernel_config(args: argparse.Namespace, error) -> bench.KernelConfig:
+    """Fill the device-dependent defaults and check the sizes; ``error`` is the subparser's ``error``."""
+    cuda = args.device.type == "cuda"
+    if args.kernel_size % 2 == 0:
+        error(f"--kernel-size must be odd (a window centred on its query), got {args.kernel_size}")
+    heads = {}
+    for size in args.sizes:
+        if size < args.kernel_size:
+            error(f"--sizes: {size} is smaller than --kernel-size {args.kernel_size}; na2d needs the whole window")
+        if args.heads is None and size not in bench.NAT_TINY_STAGES:
+            error(f"--sizes: {size} is not a NAT-Tiny stage size ({sorted(bench.NAT_TINY_STAGES)}); give --heads")
+        heads[size] = args.heads or bench.NAT_TINY_STAGES[size]
+    batch = args.batch or (32 if cuda else 1)
+    if args.min_run_time is not None:
+        min_run_time = args.min_run_time
+    else:
+        min_run_time = 0.1 if args.quick else 1.0
+    return bench.KernelConfig(
+        sizes=args.sizes,
+        heads=heads,
+        batch=batch,
+        gather_batch=args.gather_batch or batch,
+        head_dim=args.head_dim,
+        kernel_size=args.kernel_size,
+        dtype=args.dtype or ("bfloat16" if cuda else "float32"),
+        min_run_time=min_run_time,
+        quick=args.quick,
+        backends=args.backends,
+        gather=args.gather,
+    )
 
 
 def _bench_kernels(args: argparse.Namespace) -> None:
-    from attnzoo import bench
-
-    device = torch.device(args.device)
-    settings = dict(
-        batch=args.batch,
-        size=args.size,
-        heads=args.heads,
-        head_dim=args.head_dim,
-        kernel_size=args.kernel_size,
-        min_run_time=args.min_run_time,
-        threads=torch.get_num_threads(),
-    )
-    results = bench.kernel_suite(
-        device, args.min_run_time, args.batch, args.size, args.heads, args.head_dim, args.kernel_size
-    )
-    print(bench.format_table(results))
+    config = _kernel_config(args, args.parser.error)
+    report = bench.kernel_suite(args.device, config, progress=lambda text: print(text, flush=True))
+    print(bench.format_table(report.results))
+    if report.skipped:
+        print(bench.format_skipped(report.skipped))
+    print(bench.format_summary(report.summary))
     if args.out is not None:
-        print(f"wrote {bench.write_report('kernels', device, results, args.out, settings)}")
+        settings = {**asdict(config), "threads": torch.get_num_threads()}
+        extra = {"summary": report.summary, "skipped": [asdict(s) for s in report.skipped]}
+        path = bench.write_report("kernels", args.device, report.results, args.out, settings, extra, args.argv)
+        print(f"wrote {path}")
+
+
+def _timm_model(name: str) -> str:
+    """A timm model name (attnzoo's registered too); otherwise an argparse error listing close names."""
+    message = bench.unknown_model_message(name)
+    if message is not None:
+        raise argparse.ArgumentTypeError(message)
+    return name
+
+
+def _bench_models(args: argparse.Namespace) -> None:
+    precision = args.precision or ("bf16" if args.device.type == "cuda" else "fp32")
+    if args.device.type == "cpu" and precision == "fp16":
+        args.parser.error("--precision fp16 is for CUDA; on the CPU use fp32 or bf16")
+    results = bench.models_suite(
+        args.device,
+        args.models,
+        args.size,
+        args.batch,
+        precision,
+        args.compile,
+        args.channels_last,
+        args.min_run_time,
+    )
+    print(bench.format_model_table(results))
+    if args.out is not None:
+        settings = dict(
+            models=args.models,
+            size=args.size,
+            batch=args.batch,
+            precision=precision,
+            compile=args.compile,
+            channels_last=args.channels_last,
+            min_run_time=args.min_run_time,
+            threads=torch.get_num_threads(),
+        )
+        print(f"wrote {bench.write_report('models', args.device, results, args.out, settings, argv=args.argv)}")
 
 
 def _block_case(text: str) -> tuple[int, int, int]:
@@ -41,8 +134,6 @@ def _block_case(text: str) -> tuple[int, int, int]:
 
 
 def _bench_blocks(args: argparse.Namespace) -> None:
-    from attnzoo import bench
-
     device = torch.device(args.device)
     settings = dict(
         batch=args.batch,
@@ -55,33 +146,115 @@ def _bench_blocks(args: argparse.Namespace) -> None:
     results = bench.blocks_suite(device, args.min_run_time, args.batch, args.cases, args.mixers)
     print(bench.format_table(results))
     if args.out is not None:
-        print(f"wrote {bench.write_report('blocks', device, results, args.out, settings)}")
+        print(f"wrote {bench.write_report('blocks', device, results, args.out, settings, argv=args.argv)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="attnzoo", description="attnzoo: efficient-attention vision transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    bench = commands.add_parser("bench", help="time the kernels and write JSON to benchmarks/")
-    suites = bench.add_subparsers(dest="suite", required=True)
-    kernels = suites.add_parser("kernels", help="na2d and gather_attention per backend, next to natten.na2d")
-    default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    kernels.add_argument("--device", default=default_device, help=f"torch device (default: {default_device})")
-    kernels.add_argument("--batch", type=int, default=1)
-    kernels.add_argument("--size", type=int, default=56, help="feature map height = width")
-    kernels.add_argument("--heads", type=int, default=4)
-    kernels.add_argument("--head-dim", type=int, default=32)
-    kernels.add_argument("--kernel-size", type=int, default=7)
-    kernels.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per measurement")
+    bench_parser = commands.add_parser("bench", help="time kernels, blocks and models; write JSON to benchmarks/")
+    suites = bench_parser.add_subparsers(dest="suite", required=True)
+    default_device = _default_device()
+    kernels = suites.add_parser(
+        "kernels",
+        help="na2d per backend next to window and full attention (SDPA) at NAT-Tiny's stage shapes; gather_attention",
+        description=(
+            "Forward (no grad) and forward+backward median time and peak memory of na2d (every available backend, "
+            "with and without rpb, dilation 1 and the largest that fits), Swin-style window attention and full "
+            "attention through SDPA, at NAT-Tiny's stage shapes (56:2 28:4 14:8 7:16 heads, d=32, k=7); and "
+            "gather_attention at QuadTree stage-1 and Sparsifiner shapes. Defaults: batch 1 and float32 on the CPU, "
+            "batch 32 and bfloat16 on CUDA; 1 s of timing per measurement (0.1 s with --quick)."
+        ),
+    )
+    kernels.add_argument("--device", type=_device, default=default_device, help=f"default: {default_device}")
+    kernels.add_argument(
+        "--sizes",
+        "--size",
+        nargs="+",
+        type=_positive_int,
+        default=list(bench.NAT_TINY_STAGES),
+        metavar="SIZE",
+        help="feature-map sides (default: 56 28 14 7; heads from NAT-Tiny unless --heads)",
+    )
+    kernels.add_argument(
+        "--heads", type=_positive_int, default=None, help="heads at every size (default: NAT-Tiny's per size)"
+    )
+    kernels.add_argument("--batch", type=_positive_int, default=None, help="default: 1 on CPU, 32 on CUDA")
+    kernels.add_argument(
+        "--gather-batch", type=_positive_int, default=None, help="gather_attention batch (default: --batch)"
+    )
+    kernels.add_argument("--head-dim", type=_positive_int, default=32)
+    kernels.add_argument("--kernel-size", type=_positive_int, default=7, help="na2d kernel and window-attention window")
+    kernels.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="default: float32 on CPU, bfloat16 on CUDA",
+    )
+    kernels.add_argument(
+        "--backends",
+        nargs="+",
+        choices=bench.kernels.BACKENDS,
+        default=None,
+        help="only these backends (default: every available one, except interpreted Triton on the CPU)",
+    )
+    kernels.add_argument(
+        "--gather",
+        nargs="*",
+        choices=list(bench.GATHER_SHAPES),
+        default=list(bench.GATHER_SHAPES),
+        metavar="SHAPE",
+        help="gather_attention workloads: quadtree, sparsifiner (default: both; none with an empty list)",
+    )
+    kernels.add_argument(
+        "--quick", action="store_true", help="dilation 1 only, no rpb variants, 0.1 s per measurement by default"
+    )
+    kernels.add_argument(
+        "--min-run-time",
+        type=float,
+        default=None,
+        help="seconds of timing per measurement (default: 1.0, or 0.1 with --quick)",
+    )
     kernels.add_argument(
         "--out", type=Path, default=Path("benchmarks"), help="folder for the JSON report (default: benchmarks/)"
     )
     kernels.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
-    kernels.set_defaults(run=_bench_kernels)
+    kernels.set_defaults(run=_bench_kernels, parser=kernels)
+
+    models = suites.add_parser(
+        "models",
+        help="inference throughput (images/s) and peak memory of timm models, attnzoo's included",
+        description=(
+            "Median forward time of one batch under torch.inference_mode (autocast for bf16/fp16), as images/s, "
+            "peak memory and parameter count, per timm model (attnzoo's registered models included)."
+        ),
+    )
+    models.add_argument("models", nargs="+", type=_timm_model, metavar="MODEL", help="timm model names")
+    models.add_argument("--size", type=_positive_int, default=224, help="image height = width (default: 224)")
+    models.add_argument("--batch", type=_positive_int, default=8, help="images per batch (default: 8)")
+    models.add_argument(
+        "--precision",
+        choices=list(bench.PRECISIONS),
+        default=None,
+        help="fp32, or autocast to bf16/fp16 (default: fp32 on CPU, bf16 on CUDA; fp16 needs CUDA)",
+    )
+    models.add_argument("--compile", action="store_true", help="torch.compile the model (compile time not timed)")
+    models.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last model and input (default: on)",
+    )
+    models.add_argument("--device", type=_device, default=default_device, help=f"default: {default_device}")
+    models.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per model (default: 1)")
+    models.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for the JSON report")
+    models.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
+    models.set_defaults(run=_bench_models, parser=models)
 
     blocks = suites.add_parser("blocks", help="every token mixer next to dense SDPA attention, forward and backward")
     blocks.add_argument("--device", default=default_device, help=f"torch device (default: {default_device})")
-    blocks.add_argument("--batch", type=int, default=1)
+    blocks.add_argument("--batch", type=_positive_int, default=1)
     blocks.add_argument(
         "--cases",
         nargs="+",
@@ -95,9 +268,46 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for the JSON report")
     blocks.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
     blocks.set_defaults(run=_bench_blocks)
+
+    listing = commands.add_parser("list", help="the models attnzoo registers in timm, with their weights")
+    listing.add_argument("pattern", nargs="?", default="*", help="glob over model names (default: all)")
+    listing.set_defaults(run=_list_models)
+
+    info = commands.add_parser("info", help="a model's pretrained configs (weights URL, license, paper, input size)")
+    info.add_argument("model", help="registered model name, e.g. nat_tiny or nat_tiny.in1k")
+    info.set_defaults(run=_model_info, parser=info)
     return parser
 
 
+def _list_models(args: argparse.Namespace) -> None:
+    import attnzoo
+
+    names = attnzoo.list_models(args.pattern)
+    if not names:
+        raise SystemExit(f"no attnzoo model matches {args.pattern!r}")
+    width = max(len(n) for n in names)
+    for name in names:
+        tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{name}.*")]
+        print(f"{name:<{width}}  {', '.join(tags) or '(no released weights)'}")
+
+
+def _model_info(args: argparse.Namespace) -> None:
+    import attnzoo
+
+    name = args.model.split(".", 1)[0]
+    if name not in attnzoo.list_models():
+        close = attnzoo.list_models(f"*{name.split('_')[0]}*")
+        args.parser.error(f"{args.model!r} is not an attnzoo model" + (f"; close: {', '.join(close)}" if close else ""))
+    tags = [args.model] if "." in args.model else timm.list_pretrained(f"{name}.*") or [name]
+    for tag in tags:
+        cfg = timm.models.get_pretrained_cfg(tag)
+        if cfg is None:
+            args.parser.error(f"{tag!r} has no pretrained config; tags: {', '.join(timm.list_pretrained(name + '.*'))}")
+        print(json.dumps({"name": tag, **cfg.to_dict()}, indent=2, default=str))
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the reports record the exact command line
     args.run(args)

@@ -17,6 +17,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
+from timm.models._features_fx import register_notrace_module
 from torch import nn
 
 from attnzoo.blocks import MixerBlock
@@ -26,6 +27,9 @@ from ._hierarchical import ConvDownsample, HierarchicalNet, Stage, build_hierarc
 from ._official import OfficialFormat, check_config_keys, register_official, unwrap_state_dict
 
 __all__ = ["NAT"]
+
+# the padding of small maps depends on the map size, so FX keeps the attention module as a leaf
+register_notrace_module(NeighborhoodAttention2D)
 
 
 class ConvTokenizer(nn.Module):

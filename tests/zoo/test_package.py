@@ -1,6 +1,5 @@
 """The distribution: one import name over the repository's folders, live edits, the console script."""
 
-import json
 import subprocess
 import sys
 import uuid
@@ -10,7 +9,6 @@ import attnzoo
 import attnzoo.blocks
 import attnzoo.kernels
 import attnzoo.train
-from attnzoo import bench, cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -55,43 +53,3 @@ def test_layer_dependency_direction():
         line for line in imports("blocks") if "timm.models" in line or "attnzoo.train" in line or "lightning" in line
     ]
     assert not [line for line in imports("zoo") if "lightning" in line or "attnzoo.train" in line]
-
-
-def test_bench_kernels_writes_json_with_device_versions_and_command(tmp_path, capsys):
-    cli.main(
-        [
-            "bench",
-            "kernels",
-            "--size",
-            "6",
-            "--kernel-size",
-            "3",
-            "--heads",
-            "1",
-            "--head-dim",
-            "8",
-            "--min-run-time",
-            "0.01",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    report = json.loads((tmp_path / "kernels-cpu.json").read_text())
-    assert report["device_type"] == "cpu" and "CPU" in report["device"]
-    assert report["versions"]["torch"] and report["versions"]["natten"]
-    assert report["command"].startswith("attnzoo")
-    cases = {(r["case"], r["implementation"].split()[0], r["mode"]) for r in report["results"]}
-    assert ("na2d", "torch", "forward+backward") in cases
-    assert ("na2d", "natten.na2d", "forward (no grad)") in cases
-    assert ("gather_attention", "torch", "forward+backward") in cases
-    assert all(r["median_ms"] > 0 for r in report["results"])
-    assert "median ms" in capsys.readouterr().out
-
-
-def test_bench_blocks_times_every_mixer_next_to_dense_attention(tmp_path):
-    cli.main(["bench", "blocks", "--cases", "8x16x2", "--min-run-time", "0.01", "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "blocks-cpu.json").read_text())
-    labels = {r["case"] for r in report["results"]}
-    assert labels == {"dense (SDPA)", *bench.block_settings(8)}
-    assert {r["mode"] for r in report["results"]} == {"forward (no grad)", "forward+backward"}
-    assert report["settings"]["cases"] == [[8, 16, 2]]

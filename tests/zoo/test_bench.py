@@ -1,0 +1,174 @@
+"""The ``attnzoo bench`` suites at tiny sizes: what they measure, what they write, how they refuse bad input.
+
+Timings themselves are not asserted (they would be flaky); only that every case is there and positive.
+"""
+
+import json
+
+import pytest
+import torch
+
+from attnzoo import bench, cli
+from attnzoo.kernels import _dispatch
+
+
+def _cases(report: dict) -> set[tuple[str, str, str]]:
+    return {(r["case"], r["implementation"], r["mode"]) for r in report["results"]}
+
+
+def test_window_attention_matches_per_window_sdpa_and_pads_ragged_maps():
+    """Each token attends exactly to its own window's tokens; a 9x9 map is padded to 12x12 with zeros."""
+    q, k, v = (torch.randn(2, 9, 9, 2, 8) for _ in range(3))
+    out = bench.window_attention(q, k, v, 3)
+    assert out.shape == q.shape
+    window = (slice(3, 6), slice(6, 9))  # an interior window: no padding involved
+    qw, kw, vw = (t[:, window[0], window[1]].reshape(2, 9, 2, 8).transpose(1, 2) for t in (q, k, v))
+    expected = torch.nn.functional.scaled_dot_product_attention(qw, kw, vw).transpose(1, 2).reshape(2, 3, 3, 2, 8)
+    torch.testing.assert_close(out[:, window[0], window[1]], expected)
+    full = bench.full_attention(q, k, v)
+    torch.testing.assert_close(bench.window_attention(q, k, v, 9), full)  # one window covering the map
+
+
+def test_na2d_dilations_are_one_and_the_largest_that_fits():
+    assert [bench.na2d_dilations(s, 7, quick=False) for s in (56, 28, 14, 7)] == [[1, 8], [1, 4], [1, 2], [1]]
+    assert bench.na2d_dilations(56, 7, quick=True) == [1]
+
+
+def test_bench_kernels_quick_writes_every_case_with_summary(tmp_path, capsys):
+    cli.main(["bench", "kernels", "--sizes", "7", "--quick", "--min-run-time", "0.01", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "kernels-cpu.json").read_text())
+    assert report["device_type"] == "cpu" and "CPU" in report["device"]
+    assert report["versions"]["torch"] and "natten" in report["versions"] and "timm" in report["versions"]
+    assert report["command"].startswith("attnzoo bench kernels")
+    settings = report["settings"]
+    assert settings["dtype"] == "float32" and settings["batch"] == 1 and settings["heads"] == {"7": 16}
+    cases = _cases(report)
+    for case, implementation in [
+        ("window attention", "sdpa"),
+        ("full attention", "sdpa"),
+        ("na2d", "torch"),
+        ("gather_attention", "torch"),
+    ]:
+        assert (case, implementation, "forward (no grad)") in cases
+        assert (case, implementation, "forward+backward") in cases
+    assert not any(c[0] == "na2d+rpb" for c in cases)  # --quick
+    shapes = {r["shape"].split(":")[0] for r in report["results"] if r["case"] == "gather_attention"}
+    assert shapes == {"quadtree", "sparsifiner"}
+    assert all(r["median_ms"] > 0 for r in report["results"])
+    stage = next(s for s in report["summary"] if s["kind"] == "na2d")
+    assert stage["size"] == 7 and stage["na2d_over_window_fwd_bwd_time"] > 0
+    assert {s["shape"] for s in report["summary"] if s["kind"] == "gather_attention"} == {"quadtree", "sparsifiner"}
+    out = capsys.readouterr().out
+    assert "median ms" in out and "na2d (" in out and "/ window attention" in out
+
+
+def test_bench_kernels_full_mode_covers_rpb_and_largest_dilation(capsys):
+    cli.main(
+        [
+            "bench", "kernels", "--sizes", "6", "--kernel-size", "3", "--heads", "1", "--head-dim", "8",
+            "--backends", "torch", "--gather", "--min-run-time", "0.01", "--no-write",
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert "na2d+rpb" in out and "dilation=2" in out and "gather_attention" not in out
+
+
+def test_backend_that_declines_backward_keeps_its_forward_and_records_why(monkeypatch):
+    """Like NATTEN on the CPU: the forward is timed, the backward is skipped with the reason, nothing invented."""
+
+    def unsupported(q, k, v, **_):
+        needs_grad = torch.is_grad_enabled() and q.requires_grad
+        return "no backward here" if needs_grad else None
+
+    torch_impl = _dispatch._REGISTRY["na2d"]["torch"]
+    fake = _dispatch.Implementation(torch_impl.fn, torch_impl.unavailable, unsupported)
+    monkeypatch.setitem(_dispatch._REGISTRY["na2d"], "natten", fake)
+    config = bench.KernelConfig(
+        sizes=[7], heads={7: 1}, batch=1, gather_batch=1, head_dim=8, min_run_time=0.01, quick=True,
+        backends=["torch", "natten"], gather=[],
+    )  # fmt: skip
+    report = bench.kernel_suite(torch.device("cpu"), config)
+    natten = [(r.case, r.mode) for r in report.results if r.implementation == "natten"]
+    assert natten == [("na2d", "forward (no grad)")]
+    assert [(s.implementation, s.mode, s.reason) for s in report.skipped] == [
+        ("natten", "forward+backward", "backend 'natten' does not support this na2d call: no backward here")
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sizes", "5"], "smaller than --kernel-size"),
+        (["--sizes", "30"], "give --heads"),
+        (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nope"], "--device"),
+    ],
+)
+def test_bench_kernels_rejects_bad_options_clearly(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "kernels", "--no-write", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bench_blocks_times_every_mixer_next_to_dense_attention(tmp_path):
+    cli.main(["bench", "blocks", "--cases", "8x16x2", "--min-run-time", "0.01", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "blocks-cpu.json").read_text())
+    labels = {r["case"] for r in report["results"]}
+    assert labels == {"dense (SDPA)", *bench.block_settings(8)}
+    assert {r["mode"] for r in report["results"]} == {"forward (no grad)", "forward+backward"}
+    assert report["settings"]["cases"] == [[8, 16, 2]]
+
+
+def test_bench_models_reports_throughput_params_and_memory(tmp_path, capsys):
+    argv = ["bench", "models", "resnet18", "--size", "32", "--batch", "2", "--min-run-time", "0.01"]
+    cli.main([*argv, "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "models-cpu.json").read_text())
+    assert report["suite"] == "models" and report["command"].startswith("attnzoo")
+    assert report["settings"]["precision"] == "fp32" and report["versions"]["timm"]
+    (row,) = report["results"]
+    assert row["model"] == "resnet18" and row["input"] == "2x3x32x32"
+    assert row["images_per_s"] > 0 and 11 < row["params_m"] < 12
+    assert "img/s" in capsys.readouterr().out
+
+
+def test_bench_models_builds_fixed_size_models_for_the_requested_size(monkeypatch):
+    """ViT/Swin get ``img_size`` when ``--size`` is not their default; CNNs, which refuse it, are built without."""
+    import timm
+
+    calls = []
+
+    def create_model(name, pretrained=False, **kwargs):
+        calls.append((name, kwargs))
+        if name.startswith("resnet") and "img_size" in kwargs:
+            raise TypeError("ResNet.__init__() got an unexpected keyword argument 'img_size'")
+        return torch.nn.Linear(1, 1)
+
+    monkeypatch.setattr(timm, "create_model", create_model)
+    for name in ("vit_tiny_patch16_224", "resnet18"):
+        assert not bench.build_model(name, 32).training
+        bench.build_model(name, 224)
+    assert calls == [
+        ("vit_tiny_patch16_224", {"img_size": 32}),
+        ("vit_tiny_patch16_224", {}),
+        ("resnet18", {"img_size": 32}),
+        ("resnet18", {}),
+        ("resnet18", {}),
+    ]
+
+
+@pytest.mark.parametrize(
+    "argv, messages",
+    [
+        (["resnt18"], ["unknown model 'resnt18'", "resnet18"]),
+        (["convnext_tinyy"], ["close matches", "convnext_tiny"]),
+        (["resnet18", "--precision", "fp16"], ["fp16", "CUDA"]),
+    ],
+)
+def test_bench_models_rejects_bad_input_without_a_traceback(argv, messages, capsys):
+    if "fp16" in argv and torch.cuda.is_available():
+        argv = [*argv, "--device", "cpu"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["bench", "models", "--no-write", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and all(m in err for m in messages)

@@ -1,0 +1,188 @@
+"""timm's per-model checks (its tests/test_models.py), rewritten for every model attnzoo registers.
+
+Each model is built once (module-scoped fixture, so pytest runs all checks of one model together);
+checks that change the model work on a deep copy. Sizes follow timm's tests: 128 px for forward and
+backward, 96 px for features, the pretrained config's size for the pooled-shape checks.
+"""
+
+import copy
+import fnmatch
+import math
+
+import pytest
+import timm
+import torch
+from timm.models import GraphExtractNet
+from timm.models._features_fx import create_feature_extractor, get_graph_node_names
+from timm.optim import param_groups_layer_decay
+
+import attnzoo
+
+# Like timm's CI (EXCLUDE_FILTERS), the >100M-parameter variants run these checks only with `-m slow`:
+# on 2 CPU cores one backward of dinat_large_384_11x11 takes minutes. Their parity, key maps, parameter
+# counts and GMACs are checked by default in the family tests.
+LARGE = ("*large*",)
+MODELS = [
+    pytest.param(name, marks=pytest.mark.slow) if any(fnmatch.fnmatch(name, p) for p in LARGE) else name
+    for name in attnzoo.list_models()
+]
+FWD_SIZE, BWD_SIZE, FEAT_SIZE = 128, 128, 96
+CFG_FIELDS = ("url", "license", "paper_ids", "origin_url", "input_size", "crop_pct", "mean", "std", "first_conv")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def built(request):
+    torch.manual_seed(0)
+    return request.param, timm.create_model(request.param).eval()
+
+
+def image(size, batch=1, width=None):
+    return torch.randn(batch, 3, size, width or size, generator=torch.Generator().manual_seed(1))
+
+
+def test_every_family_is_registered():
+    for name in ("nat_mini", "nat_base", "dinat_large_384", "dinat_large_384_11x11"):
+        assert name in attnzoo.list_models()
+
+
+def test_forward(built):
+    name, model = built
+    with torch.no_grad():
+        out = model(image(FWD_SIZE))
+    assert out.shape == (1, model.num_classes) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("height,width", [(32, 32), (40, 72), (57, 33)])
+def test_any_input_of_at_least_32_pixels(built, height, width):
+    name, model = built
+    with torch.no_grad():
+        assert model(image(height, width=width)).shape == (1, model.num_classes)
+
+
+def test_backward_reaches_every_parameter(built):
+    name, model = built
+    model = copy.deepcopy(model).train()
+    model.reset_classifier(42)
+    out = model(image(BWD_SIZE, batch=2))
+    assert out.shape == (2, 42)
+    out.mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+
+
+def test_default_cfg_and_pooled_shapes(built):
+    name, model = built
+    cfg = model.pretrained_cfg
+    assert cfg["architecture"] == name
+    for field in CFG_FIELDS:
+        assert cfg.get(field), f"pretrained_cfg lacks {field}"
+    state = model.state_dict()
+    assert cfg["first_conv"] + ".weight" in state and cfg["classifier"] + ".weight" in state
+    assert model.get_classifier() is model.head
+
+    x = image(cfg["input_size"][-1])
+    with torch.no_grad():
+        features = model.forward_features(x)
+        assert model.output_fmt == "NHWC"
+        assert features.shape == (1, *cfg["pool_size"], model.num_features)
+        assert model.forward_head(features, pre_logits=True).shape == (1, model.num_features)
+        headless = copy.deepcopy(model)
+        headless.reset_classifier(0)
+        assert headless(x).shape == (1, model.num_features)
+        headless.reset_classifier(0, "")
+        assert headless(x).shape == (1, *cfg["pool_size"], model.num_features)
+        torch.testing.assert_close(headless(x), features)
+
+
+def test_forward_intermediates(built):
+    name, model = built
+    x = image(FEAT_SIZE)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+        assert len(intermediates) == len(model.feature_info)
+        for info, feature in zip(model.feature_info, intermediates, strict=True):
+            stride = info["reduction"]
+            assert feature.shape == (1, info["num_chs"], math.ceil(FEAT_SIZE / stride), math.ceil(FEAT_SIZE / stride))
+        last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+        assert len(last_two) == 2
+        torch.testing.assert_close(last_two[-1], intermediates[-1])
+        normed = model.forward_intermediates(x, indices=[-1], norm=True, intermediates_only=True)[0]
+        torch.testing.assert_close(normed, final.permute(0, 3, 1, 2))
+        early = model.forward_intermediates(x, indices=[0, 1], stop_early=True, intermediates_only=True)
+        torch.testing.assert_close(early[1], intermediates[1])
+
+
+def test_prune_intermediate_layers(built):
+    name, model = built
+    x = image(FEAT_SIZE)
+    with torch.no_grad():
+        expected = model.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+        pruned = copy.deepcopy(model)
+        assert pruned.prune_intermediate_layers([0, 1]) == [0, 1]
+        assert len(pruned.stages) == 2 and pruned.num_classes == 0
+        kept = pruned.forward_intermediates(x, indices=[0, 1], intermediates_only=True)
+    for a, b in zip(kept, expected, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_features_only(built):
+    name, model = built
+    features = timm.create_model(name, features_only=True, out_indices=(0, 1, 2, 3)).eval()
+    missing, _ = features.model.load_state_dict(model.state_dict(), strict=False)
+    assert not missing
+    assert features.feature_info.reduction() == [4, 8, 16, 32]
+    assert features.feature_info.channels() == [info["num_chs"] for info in model.feature_info]
+    x = image(FEAT_SIZE, width=FEAT_SIZE + 32)
+    with torch.no_grad():
+        maps = features(x)
+        expected = model.forward_intermediates(x, intermediates_only=True)
+    for got, want in zip(maps, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_grad_checkpointing_gives_the_same_outputs_and_gradients(built):
+    name, model = built
+    x = image(64)
+    plain = copy.deepcopy(model)
+    checkpointed = copy.deepcopy(model)
+    checkpointed.set_grad_checkpointing(True)
+    calls = []
+    checkpointed.stages[0].blocks[0].register_forward_pre_hook(lambda *args: calls.append(1))  # recompute stops early
+    outputs = []
+    for net in (plain, checkpointed):
+        out = net(x)
+        out.square().mean().backward()
+        outputs.append((out, {n: p.grad for n, p in net.named_parameters()}))
+    assert len(calls) == 2, "checkpointing should re-run the block during backward"
+    torch.testing.assert_close(outputs[0][0], outputs[1][0])
+    for key, grad in outputs[0][1].items():
+        torch.testing.assert_close(outputs[1][1][key], grad, atol=1e-6, rtol=1e-5, msg=key)
+
+
+def test_layer_decay_groups_and_no_weight_decay(built):
+    name, model = built
+    groups = param_groups_layer_decay(model, weight_decay=0.05, no_weight_decay_list=model.no_weight_decay())
+    grouped = {id(p) for g in groups for p in g["params"]}
+    assert grouped == {id(p) for p in model.parameters()}
+    scales = {g["lr_scale"] for g in groups}
+    assert min(scales) < 0.05 and max(scales) == 1.0, "the stem must get a much smaller lr than the head"
+    names = dict(model.named_parameters())
+    for nwd in model.no_weight_decay():
+        assert nwd in names
+        decayed = [g for g in groups if any(p is names[nwd] for p in g["params"])]
+        assert decayed[0]["weight_decay"] == 0.0, nwd
+    if any(n.endswith(".rpb") for n in names):
+        assert {n for n in names if n.endswith(".rpb")} <= model.no_weight_decay()
+
+
+@pytest.mark.filterwarnings("ignore:NOTE. The nodes obtained by tracing the model in eval mode")
+def test_fx_feature_extraction(built):
+    name, model = built
+    _, eval_nodes = get_graph_node_names(model)
+    extractor = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
+    x = image(64)
+    with torch.no_grad():
+        torch.testing.assert_close(next(iter(extractor(x).values())), model(x))
+        graph_features = GraphExtractNet(model, ["stages.0", "stages.3"])(x)
+    assert [f.shape[-1] for f in graph_features] == [model.feature_info[0]["num_chs"], model.num_features]
