@@ -3,22 +3,22 @@
 Layers, in dependency order: :mod:`attnzoo.kernels` (functional attention ops with backends),
 :mod:`attnzoo.blocks` (the token mixers), ``attnzoo`` itself (model families registered in timm)
 and :mod:`attnzoo.train` (Lightning tasks and the ``attnzoo-train`` CLI).
+
+Importing ``attnzoo`` registers every family in timm, so ``timm.create_model("nat_tiny")`` works.
 """
 
+import fnmatch as _fnmatch
 from importlib import metadata as _metadata
+
+import timm as _timm
+
+from . import litv2, nat  # noqa: F401  (each family registers its models in timm)
+from ._official import from_official, load_official_state_dict, official_entrypoints
 
 try:
     __version__ = _metadata.version("attnzoo")
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
-
-import fnmatch as _fnmatch
-
-import timm as _timm
-
-from ._official import from_official, load_official_state_dict, official_entrypoints
-from . import nat  # noqa: E402,F401  (registers NAT and DiNAT in timm)
-from . import litv2  # noqa: E402,F401  (registers LITv2 in timm)
 
 
 def list_models(pattern: str = "*") -> list[str]:
