@@ -14,6 +14,7 @@ import timm as _timm
 
 from . import litv2, nat  # noqa: F401  (each family registers its models in timm)
 from ._official import from_official, load_official_state_dict, official_entrypoints
+from .graft import graft
 
 try:
     __version__ = _metadata.version("attnzoo")
@@ -30,4 +31,4 @@ def list_models(pattern: str = "*") -> list[str]:
     ]
 
 
-__all__ = ["__version__", "from_official", "list_models", "load_official_state_dict", "official_entrypoints"]
+__all__ = ["__version__", "from_official", "graft", "list_models", "load_official_state_dict", "official_entrypoints"]
