@@ -7,6 +7,8 @@ and trace with ``torch.compile(fullgraph=True)``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ._dispatch import register
@@ -39,29 +41,90 @@ def _softmax_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+@dataclass(frozen=True)
+class _AxisTiles:
+    """One axis of :func:`na2d_torch`'s tiling: query tiles, their key halos, and which halo keys each query sees.
+
+    Positions of equal residue modulo the dilation form sub-sequences; each is cut into tiles of
+    ``tile`` consecutive queries. A tile's neighbourhoods all lie inside one run of ``halo``
+    consecutive sub-sequence keys (windows only shift inward, one step per query), so attention of
+    a tile is one small dense matmul against its halo with the keys outside each query's window
+    masked. Padded query slots (ragged last tiles) and padded halo slots (short sub-sequences)
+    point at valid positions and are masked or dropped.
+    """
+
+    queries: torch.Tensor  # (tiles * tile,) position of each query slot
+    keys: torch.Tensor  # (tiles * halo,) position of each halo slot
+    in_window: torch.Tensor  # (tiles, tile, halo) bool: the halo key is in the query's window
+    bias_index: torch.Tensor  # (tiles, tile, halo) rpb column (key - query) / dilation + k - 1
+    slot_of_position: torch.Tensor  # (length,) query slot holding each position
+    tile: int
+    halo: int
+
+
+def _axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, device) -> _AxisTiles:
+    halo = min(tile + kernel_size - 1, -(-length // dilation))  # the longest sub-sequence is ceil(L / d)
+    queries, keys, in_window, bias_index, valid = [], [], [], [], []
+    for residue in range(min(dilation, length)):  # a loop over dilation groups, not tokens
+        sub_length = -(-(length - residue) // dilation)
+        tiles = -(-sub_length // tile)
+        sub_index = torch.arange(tiles * tile, device=device).view(tiles, tile)
+        valid.append(sub_index < sub_length)
+        sub_index = sub_index.clamp(max=sub_length - 1)
+        start = (sub_index - kernel_size // 2).clamp(min=0).clamp(max=sub_length - kernel_size)
+        halo_start = start[:, :1].clamp(max=max(sub_length - halo, 0))
+        halo_index = halo_start + torch.arange(halo, device=device)  # (tiles, halo)
+        offset = halo_index[:, None, :] - start[:, :, None]
+        in_window.append((offset >= 0) & (offset < kernel_size) & (halo_index < sub_length)[:, None, :])
+        bias_index.append(
+            (halo_index[:, None, :] - sub_index[:, :, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
+        )
+        queries.append(residue + dilation * sub_index.flatten())
+        keys.append(residue + dilation * halo_index.clamp(max=sub_length - 1).flatten())
+    queries, valid = torch.cat(queries), torch.cat(valid).flatten()
+    slot_of_position = torch.empty(length, dtype=torch.long, device=device)
+    slot_of_position[queries[valid]] = torch.arange(queries.numel(), device=device)[valid]
+    return _AxisTiles(
+        queries, torch.cat(keys), torch.cat(in_window), torch.cat(bias_index), slot_of_position, tile, halo
+    )
+
+
 def na2d_torch(q, k, v, kernel_size: int, dilation: int, rpb, scale: float, attn_drop: float = 0.0) -> torch.Tensor:
-    """Neighborhood attention on ``(B, H, W, heads, d)`` tensors by gathering each k x k window."""
-    _, height, width, _, _ = q.shape
-    rows, row_bias = neighborhood_indices(height, kernel_size, dilation, q.device)
-    cols, col_bias = neighborhood_indices(width, kernel_size, dilation, q.device)
-    row_index = rows[:, None, :, None]  # (H, 1, K, 1)
-    col_index = cols[None, :, None, :]  # (1, W, 1, K)
+    """Neighborhood attention on ``(B, H, W, heads, d)`` tensors, as masked dense attention of query tiles.
 
-    # heads first so that the per-query products below are batched matmuls without copies
-    q = q.permute(0, 3, 1, 2, 4)  # (B, h, H, W, d)
-    k_windows = k.permute(0, 3, 1, 2, 4)[:, :, row_index, col_index].flatten(-3, -2)  # (B, h, H, W, K*K, d)
-    v_windows = v.permute(0, 3, 1, 2, 4)[:, :, row_index, col_index].flatten(-3, -2)
+    Queries are taken ``kernel_size x kernel_size`` at a time (per dilation group) and attend to the
+    ``(2k-1) x (2k-1)`` halo that holds all their windows, with the keys outside each window masked:
+    batched GEMMs instead of per-query gathers, about (2k-1)^2 logits per query, never tokens^2.
+    """
+    batch, height, width, heads, head_dim = q.shape
+    rows = _axis_tiles(height, kernel_size, dilation, kernel_size, q.device)
+    cols = _axis_tiles(width, kernel_size, dilation, kernel_size, q.device)
+    tiles_r, tiles_c = rows.in_window.shape[0], cols.in_window.shape[0]
 
-    logits = (q.unsqueeze(-2) * scale) @ k_windows.transpose(-1, -2)  # (B, h, H, W, 1, K*K)
-    logits = logits.squeeze(-2).to(_softmax_dtype(q.dtype))
+    def tiled(x, row_index, col_index, size_r, size_c):
+        """(B, H, W, h, d) -> (B, h, tiles_r, tiles_c, size_r * size_c, d) gathered at the given positions."""
+        x = x[:, row_index][:, :, col_index].view(batch, tiles_r, size_r, tiles_c, size_c, heads, -1)
+        return x.permute(0, 5, 1, 3, 2, 4, 6).reshape(batch, heads, tiles_r, tiles_c, size_r * size_c, x.shape[-1])
+
+    q_tiles = tiled(q, rows.queries, cols.queries, rows.tile, cols.tile)
+    k_halo = tiled(k, rows.keys, cols.keys, rows.halo, cols.halo)
+    v_halo = tiled(v, rows.keys, cols.keys, rows.halo, cols.halo)
+
+    logits = (q_tiles * scale) @ k_halo.transpose(-1, -2)  # (B, h, tiles_r, tiles_c, T*T, S*S)
+    logits = logits.to(_softmax_dtype(q.dtype))
+    shape = (tiles_r, tiles_c, rows.tile * cols.tile, rows.halo * cols.halo)
+    in_window = rows.in_window[:, None, :, None, :, None] & cols.in_window[None, :, None, :, None, :]
     if rpb is not None:
-        bias = rpb[:, row_bias[:, None, :, None], col_bias[None, :, None, :]]  # (h, H, W, K, K)
-        logits = logits + bias.flatten(-2).to(logits.dtype)
+        bias = rpb[:, rows.bias_index[:, None, :, None, :, None], cols.bias_index[None, :, None, :, None, :]]
+        logits = logits + bias.reshape(heads, *shape).to(logits.dtype)
+    logits = logits.masked_fill(~in_window.reshape(shape), float("-inf"))
     attn = logits.softmax(dim=-1).to(v.dtype)
     if attn_drop > 0.0:
         attn = torch.nn.functional.dropout(attn, attn_drop)
-    out = (attn.unsqueeze(-2) @ v_windows).squeeze(-2)  # (B, h, H, W, d)
-    return out.permute(0, 2, 3, 1, 4)
+    out = attn @ v_halo  # (B, h, tiles_r, tiles_c, T*T, d)
+    out = out.view(batch, heads, tiles_r, tiles_c, rows.tile, cols.tile, -1).permute(0, 2, 4, 3, 5, 1, 6)
+    out = out.reshape(batch, tiles_r * rows.tile, tiles_c * cols.tile, heads, -1)
+    return out[:, rows.slot_of_position][:, :, cols.slot_of_position]
 
 
 def gather_attention_torch(q, k, v, index, scale: float) -> torch.Tensor:
