@@ -82,8 +82,10 @@ def _axis_tiles(length: int, kernel_size: int, dilation: int, tile: int, device)
         queries.append(residue + dilation * sub_index.flatten())
         keys.append(residue + dilation * halo_index.clamp(max=sub_length - 1).flatten())
     queries, valid = torch.cat(queries), torch.cat(valid).flatten()
-    slot_of_position = torch.empty(length, dtype=torch.long, device=device)
-    slot_of_position[queries[valid]] = torch.arange(queries.numel(), device=device)[valid]
+    # every position sits in exactly one valid slot; padded slots all write to a spare last entry
+    target = torch.where(valid, queries, length)
+    slot_of_position = torch.zeros(length + 1, dtype=torch.long, device=device)
+    slot_of_position = slot_of_position.scatter(0, target, torch.arange(queries.numel(), device=device))[:length]
     return _AxisTiles(
         queries, torch.cat(keys), torch.cat(in_window), torch.cat(bias_index), slot_of_position, tile, halo
     )
