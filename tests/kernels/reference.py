@@ -8,6 +8,7 @@ dense softmax over the whole map with an explicit -inf mask. Only for tiny shape
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 def nearest_same_residue(length: int, kernel_size: int, dilation: int) -> list[list[int]]:
@@ -50,3 +51,20 @@ def dense_gather_attention(q, k, v, index, scale=None):
     counts.scatter_add_(-1, index, torch.ones(index.shape, dtype=q.dtype))
     logits = q @ k.transpose(-1, -2) * scale + counts.log()  # log(count) repeats a key count times
     return logits.softmax(-1) @ v
+
+
+class LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op produces, forward and backward (``floating_only``: float tensors only,
+    which leaves out the Triton interpreter's byte copies of kernel arguments)."""
+
+    def __init__(self, floating_only: bool = False):
+        super().__init__()
+        self.floating_only = floating_only
+        self.numel = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and (t.is_floating_point() or not self.floating_only):
+                self.numel = max(self.numel, t.numel())
+        return out

@@ -4,10 +4,9 @@ import natten
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnzoo.kernels import na2d, neighborhood_indices
-from tests.kernels.reference import dense_na2d, nearest_same_residue
+from tests.kernels.reference import LargestTensor, dense_na2d, nearest_same_residue
 
 
 def qkv(shape, dtype=torch.float64, seed=0, grad=False):
@@ -96,21 +95,6 @@ def test_compile_fullgraph_backward():
     na2d(q, k, v, 3, rpb=rpb).square().sum().backward()
     for got, t in zip(grads, (q, k, v, rpb), strict=True):
         torch.testing.assert_close(got, t.grad)
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any op produces (forward and backward)."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
 
 
 def test_memory_grows_with_neighborhood_not_with_tokens_squared():

@@ -8,9 +8,9 @@ import importlib
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnzoo.kernels import BackendError, gather_attention
+from tests.kernels.reference import LargestTensor
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -143,24 +143,9 @@ def test_no_query_tokens(device):
     assert not dk.any() and not dv.any()
 
 
-class LargestFloatTensor(TorchDispatchMode):
-    """Records the largest floating-point tensor any op produces (the interpreter's byte copies aside)."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor) and t.is_floating_point():
-                self.numel = max(self.numel, t.numel())
-        return out
-
-
 def test_gathered_rows_are_never_materialised(device):
     q, k, v, index = make_inputs((1, 1, 64, 64, 32, 32, 16), device=device)
-    with LargestFloatTensor() as mode:
+    with LargestTensor(floating_only=True) as mode:
         gather_attention(q, k, v, index, backend="triton").sum().backward()
     assert mode.numel <= max(t.numel() for t in (q, k, v))  # the torch backend builds Nq * K * d
 

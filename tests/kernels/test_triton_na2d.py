@@ -7,7 +7,6 @@ comparison at NAT/DiNAT sizes.
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnzoo.kernels import (
     BackendError,
@@ -16,6 +15,7 @@ from attnzoo.kernels import (
     triton_na2d,  # noqa: E402
 )
 from attnzoo.kernels.torch_backend import na2d_torch
+from tests.kernels.reference import LargestTensor
 
 if triton_na2d._unavailable() is not None:
     pytest.skip(triton_na2d._unavailable(), allow_module_level=True)
@@ -109,21 +109,6 @@ def compiled_matches_eager(q, k, v, rpb, grad, kernel_size, dilation, backend, t
 def test_compile_fullgraph_forward_and_backward():
     q, k, v, rpb, grad = make_inputs((1, 7, 8, 2, 16), 3, seed=6)
     compiled_matches_eager(q, k, v, rpb, grad, 3, 2, backend="aot_eager", tol=1e-6)
-
-
-class LargestTensor(TorchDispatchMode):
-    """Records the largest tensor any torch op produces."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(t, torch.Tensor):
-                self.numel = max(self.numel, t.numel())
-        return out
 
 
 def test_no_tensor_grows_with_the_neighbourhood():
