@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from timm.models import davit, focalnet, pvt_v2, swin_transformer, vision_transformer
+from timm.models._features_fx import register_notrace_module
 from torch import nn
 
 from attnzoo.blocks import MIXERS, create_mixer
@@ -116,6 +117,9 @@ class ChannelsFirstMixer(nn.Module):
 
 
 _ADAPTERS = (WindowMixer, SizedSequenceMixer, TokenSequenceMixer, PrefixedSequenceMixer, ChannelsFirstMixer)
+# timm's ViT passes ``attn_mask`` (None) down to the blocks; FX traces it as a Proxy, which the check above
+# would reject, so the adapter stays a leaf of traced graphs (its shape logic is Python control flow anyway).
+register_notrace_module(PrefixedSequenceMixer)
 
 
 # --- hosts -----------------------------------------------------------------------------------------
