@@ -276,7 +276,37 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="a model's pretrained configs (weights URL, license, paper, input size)")
     info.add_argument("model", help="registered model name, e.g. nat_tiny or nat_tiny.in1k")
     info.set_defaults(run=_model_info, parser=info)
+
+    export = commands.add_parser(
+        "export",
+        help="a Lightning checkpoint of attnzoo-train -> model.safetensors + config.json that timm loads",
+        description=(
+            "Write OUT_DIR/model.safetensors and OUT_DIR/config.json (timm's pretrained-config layout) from a "
+            "ClassificationTask checkpoint, so that timm.create_model('local-dir:OUT_DIR', pretrained=True) (after "
+            "`import attnzoo`) or timm.create_model(NAME, pretrained=True, num_classes=K, "
+            "pretrained_cfg_overlay=dict(file=OUT_DIR/model.safetensors, num_classes=K)) load it. config.json records "
+            "the model's arguments and the preprocessing it was trained with."
+        ),
+    )
+    export.add_argument("checkpoint", type=Path, metavar="CKPT", help="a .ckpt written by attnzoo-train")
+    export.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created if missing)")
+    export.add_argument("--ema", action="store_true", help="export the EMA weights (runs with ema_decay set)")
+    export.set_defaults(run=_export, parser=export)
     return parser
+
+
+def _export(args: argparse.Namespace) -> None:
+    from attnzoo.export import export_checkpoint
+
+    try:
+        out = export_checkpoint(args.checkpoint, args.out_dir, ema=args.ema)
+    except (FileNotFoundError, ValueError) as error:
+        args.parser.error(str(error))
+    config = json.loads((out / "config.json").read_text())
+    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
+    size = config["pretrained_cfg"]["input_size"]
+    print(f"  architecture {config['architecture']}, {config['num_classes']} classes, input {size}")
+    print(f"  load: import attnzoo, timm; timm.create_model('local-dir:{out}', pretrained=True)")
 
 
 def _list_models(args: argparse.Namespace) -> None:

@@ -1,0 +1,221 @@
+"""ImageNet-style folders (``root/<split>/<class>/<image>``) as a LightningDataModule, with timm's transforms.
+
+Preprocessing follows the model being trained: at ``setup`` the data module reads the task's model's
+``pretrained_cfg`` (input size, interpolation, crop_pct, mean/std) through ``timm.data.resolve_data_config``,
+so a 384-px or a non-ImageNet-normalised model gets its own pipeline without repeating it in the config.
+Any of those values given here wins. The training transform is timm's ``create_transform`` (random
+resized crop, flips, colour jitter, RandAugment/AutoAugment, random erasing); evaluation resizes to
+``input_size / crop_pct`` and centre-crops, as timm's validation does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from timm.data import ImageDataset, create_transform, resolve_data_config
+from timm.utils.misc import natural_key
+from torch.utils.data import DataLoader
+
+__all__ = ["ImageFolderData"]
+
+_EVAL_SYNONYMS = ("validation", "val", "valid", "eval", "evaluation")
+
+
+def _resolve_split(root: Path, split: str, what: str) -> Path:
+    """``root/split``; for an evaluation split also its usual synonyms (``val`` for ``validation``...)."""
+    candidates = [split] + ([s for s in _EVAL_SYNONYMS if s != split] if split in _EVAL_SYNONYMS else [])
+    for name in candidates:
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(f"{what}: no folder {split!r} in root {str(root)!r} (tried {', '.join(candidates)})")
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+
+
+class ImageFolderData(LightningDataModule):
+    """Train/validation/test/predict splits of an image-folder tree, loaded with timm's transforms.
+
+    Args:
+        root: folder holding the splits, e.g. ``/data/imagenet`` with ``train/`` and ``val/`` (or
+            ``validation/``), each with one sub-folder per class.
+        num_classes: number of classes; ``None``: the class folders of the training split are counted now
+            (the CLI links this to the task's ``num_classes``).
+        train_split, val_split: folder names; ``test_split`` and ``predict_split`` default to ``val_split``.
+        batch_size: per process (per GPU). ``eval_batch_size`` defaults to ``batch_size``.
+        num_workers, pin_memory, persistent_workers: DataLoader settings (memory is pinned only when CUDA is
+            available).
+        input_size, interpolation, crop_pct, mean, std: preprocessing; ``None`` takes the model's
+            pretrained config (``input_size``: an int side or ``[C, H, W]``).
+        scale, ratio, hflip, vflip, color_jitter: timm's random-resized-crop and flip/jitter augmentation.
+        auto_augment: e.g. ``rand-m9-mstd0.5-inc1`` (RandAugment, DeiT/NAT/Swin recipes), ``None``: off.
+        train_interpolation: resize interpolation for training (``random`` picks bilinear or bicubic per
+            image, as timm's ``train.py``); ``None``: the evaluation interpolation.
+        re_prob, re_mode, re_count: random erasing (timm's ``RandomErasing``).
+        no_aug: training images get the evaluation transform (debugging).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        num_classes: int | None = None,
+        train_split: str = "train",
+        val_split: str = "validation",
+        test_split: str | None = None,
+        predict_split: str | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int | None = None,
+        num_workers: int = 8,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        input_size: int | list[int] | None = None,
+        interpolation: str | None = None,
+        crop_pct: float | None = None,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0),
+        hflip: float = 0.5,
+        vflip: float = 0.0,
+        color_jitter: float | None = 0.4,
+        auto_augment: str | None = None,
+        train_interpolation: str | None = None,
+        re_prob: float = 0.0,
+        re_mode: str = "pixel",
+        re_count: int = 1,
+        no_aug: bool = False,
+    ):
+        super().__init__()
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError(f"batch_size must be >= 1, got {batch_size} (eval_batch_size {eval_batch_size})")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if isinstance(input_size, (list, tuple)) and len(input_size) != 3:
+            raise ValueError(f"input_size must be an int or [C, H, W], got {input_size}")
+        self.root = Path(root).expanduser()
+        if num_classes is None:
+            if not self.root.is_dir():
+                raise FileNotFoundError(f"root: no such folder {str(self.root)!r}")
+            num_classes = len(_class_folders(_resolve_split(self.root, train_split, "train_split")))
+            if num_classes == 0:
+                raise ValueError(f"root: {str(self.root / train_split)!r} has no class folders")
+        elif num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+        # num_classes stays out of the hparams: the task logs it, and a counted value would differ from the
+        # configured ``null`` (Lightning refuses to merge the two modules' hparams on a mismatch)
+        self.save_hyperparameters(ignore=["num_classes"])
+        self.data_config: dict[str, Any] | None = None
+        self.class_to_idx: dict[str, int] | None = None
+        self.datasets: dict[str, ImageDataset] = {}
+
+    # --- preprocessing ----------------------------------------------------------------------------
+    def _model_pretrained_cfg(self) -> dict[str, Any]:
+        """The pretrained config of the model being trained, when a trainer connects one."""
+        trainer = getattr(self, "trainer", None)
+        module = trainer.lightning_module if trainer is not None else None
+        return dict(getattr(getattr(module, "model", None), "pretrained_cfg", None) or {})
+
+    def resolve_data_config(self, pretrained_cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Input size, interpolation, crop_pct, mean/std: this module's values over the model's config."""
+        hp = self.hparams
+        args: dict[str, Any] = dict(interpolation=hp.interpolation, crop_pct=hp.crop_pct, mean=hp.mean, std=hp.std)
+        if isinstance(hp.input_size, int):
+            args["img_size"] = hp.input_size
+        elif hp.input_size is not None:
+            args["input_size"] = tuple(hp.input_size)
+        return resolve_data_config(args=args, pretrained_cfg=pretrained_cfg or {})
+
+    def train_transform(self):
+        hp, cfg = self.hparams, self.data_config
+        return create_transform(
+            **{k: cfg[k] for k in ("input_size", "mean", "std", "crop_pct")},
+            interpolation=hp.train_interpolation or cfg["interpolation"],
+            is_training=True,
+            no_aug=hp.no_aug,
+            scale=tuple(hp.scale),
+            ratio=tuple(hp.ratio),
+            hflip=hp.hflip,
+            vflip=hp.vflip,
+            color_jitter=hp.color_jitter or 0.0,
+            auto_augment=hp.auto_augment,
+            re_prob=hp.re_prob,
+            re_mode=hp.re_mode,
+            re_count=hp.re_count,
+        )
+
+    def eval_transform(self):
+        cfg = self.data_config
+        return create_transform(
+            **{k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")},
+            is_training=False,
+        )
+
+    # --- datasets ---------------------------------------------------------------------------------
+    def _dataset(self, split: str, what: str, training: bool) -> ImageDataset:
+        folder = _resolve_split(self.root, split, what)
+        unknown = set(_class_folders(folder)) - set(self.class_to_idx)
+        if unknown:
+            raise ValueError(f"{what}: {str(folder)!r} has classes the training split lacks: {sorted(unknown)[:5]}")
+        transform = self.train_transform() if training else self.eval_transform()
+        dataset = ImageDataset(str(folder), class_map=self.class_to_idx, transform=transform)
+        if len(dataset) == 0:
+            raise ValueError(f"{what}: {str(folder)!r} holds no images")
+        return dataset
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"root: no such folder {str(self.root)!r}")
+        if self.data_config is None:
+            self.data_config = self.resolve_data_config(self._model_pretrained_cfg())
+            rank_zero_info(f"data config: {self.data_config}")
+        if self.class_to_idx is None:
+            # timm's order (natural sort of the class folder names), fixed by the training split for all splits
+            classes = sorted(_class_folders(_resolve_split(self.root, hp.train_split, "train_split")), key=natural_key)
+            if len(classes) != self.num_classes:
+                raise ValueError(
+                    f"num_classes is {self.num_classes} but {str(self.root / hp.train_split)!r} has "
+                    f"{len(classes)} class folders"
+                )
+            self.class_to_idx = {name: index for index, name in enumerate(classes)}
+        splits = {
+            "fit": [("train", hp.train_split, "train_split"), ("val", hp.val_split, "val_split")],
+            "validate": [("val", hp.val_split, "val_split")],
+            "test": [("test", hp.test_split or hp.val_split, "test_split")],
+            "predict": [("predict", hp.predict_split or hp.val_split, "predict_split")],
+        }[stage]
+        for key, split, what in splits:
+            if key not in self.datasets:
+                self.datasets[key] = self._dataset(split, what, training=key == "train")
+
+    # --- loaders ----------------------------------------------------------------------------------
+    def _loader(self, key: str, training: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            self.datasets[key],
+            batch_size=hp.batch_size if training else (hp.eval_batch_size or hp.batch_size),
+            shuffle=training,
+            drop_last=training,  # Mixup/CutMix need even batches; a ragged last batch adds noise to BN
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory and torch.cuda.is_available(),
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", training=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", training=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", training=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", training=False)

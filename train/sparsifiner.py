@@ -1,0 +1,113 @@
+"""The Sparsifiner authors' two-phase recipe as a Lightning task (Wei et al., CVPR 2023, arXiv 2303.13755).
+
+Phase ``attn_recon``: only the connectivity predictors train, reconstructing the attention of the
+(frozen, dense) backbone — which *is* the teacher, since the student starts from the teacher's weights.
+Phase ``cls_distill``: the backbone trains with sparse attention and the predictors frozen, against
+cross entropy plus logit (KL) and patch-token (MSE) distillation from a dense teacher.
+Everything else (optimizer, schedule, Mixup, EMA, metrics, checkpoints) is :class:`ClassificationTask`'s.
+The losses and the phase switch are :mod:`attnzoo.sparsifiner`'s; this file only wires them into training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import timm
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from attnzoo.sparsifiner import PHASES, SparsifinerLoss, set_training_phase, teacher_forward
+
+from .classification import ClassificationTask
+
+__all__ = ["SparsifinerDistillationTask"]
+
+
+class SparsifinerDistillationTask(ClassificationTask):
+    """:class:`ClassificationTask` for ``sparsifiner_*`` models, in one phase of the authors' recipe.
+
+    Args:
+        phase: ``"attn_recon"`` (phase 1) or ``"cls_distill"`` (phase 2; start it from phase 1's
+            checkpoint with ``pretrained_file`` after ``attnzoo export``, or ``--ckpt_path``).
+        teacher: the dense teacher, a timm model name (the authors': ``deit_small_patch16_224``);
+            used in phase 2 only. ``teacher_pretrained``/``teacher_file``: its weights (registered / a file);
+            ``teacher_kwargs``: more ``timm.create_model`` arguments (it must match the student's width).
+        cls_weight, cls_distill_weight, token_distill_weight, attn_recon_weight: the loss weights
+            (authors' defaults 1.0, 0.5, 0.5, 0.01). ``label_smoothing`` also smooths the CE without Mixup.
+        **kwargs: :class:`ClassificationTask`'s (``model="sparsifiner_deit_small"``, ``pretrained``, ``lr``...).
+    """
+
+    def __init__(
+        self,
+        phase: str = "attn_recon",
+        teacher: str = "deit_small_patch16_224",
+        teacher_pretrained: bool = True,
+        teacher_file: str | None = None,
+        teacher_kwargs: dict[str, Any] | None = None,
+        cls_weight: float = 1.0,
+        cls_distill_weight: float = 0.5,
+        token_distill_weight: float = 0.5,
+        attn_recon_weight: float = 0.01,
+        model: str = "sparsifiner_deit_small",
+        **kwargs: Any,
+    ):
+        if phase not in PHASES:
+            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+        super().__init__(model=model, **kwargs)
+        self.save_hyperparameters()
+        if not hasattr(self.model, "forward_distill"):
+            raise ValueError(f"model {model!r} has no Sparsifiner blocks; use a sparsifiner_* model")
+        set_training_phase(self.model, phase)
+        self.loss = SparsifinerLoss(
+            phase,
+            cls_weight=cls_weight,
+            cls_distill_weight=cls_distill_weight,
+            token_distill_weight=token_distill_weight,
+            attn_recon_weight=attn_recon_weight,
+            label_smoothing=self.hparams.label_smoothing,
+        )
+        self.teacher = None
+        if phase == "cls_distill":  # weights come at setup(), like the student's, never at construction
+            self.teacher = timm.create_model(teacher, num_classes=self.num_classes, **(teacher_kwargs or {}))
+            self.teacher.requires_grad_(False).eval()
+        self._teacher_loaded = False
+
+    def setup(self, stage: str) -> None:
+        """Load the teacher's weights once, unless a checkpoint (which holds them) is being restored."""
+        super().setup(stage)
+        hp = self.hparams
+        if self.teacher is None or self._teacher_loaded or not (hp.teacher_pretrained or hp.teacher_file):
+            return
+        self._teacher_loaded = True
+        if self._trainer is not None and self.trainer.ckpt_path:
+            return
+        overlay = dict(file=hp.teacher_file, num_classes=self.num_classes) if hp.teacher_file else None
+        source = timm.create_model(
+            hp.teacher,
+            pretrained=True,
+            pretrained_cfg_overlay=overlay,
+            num_classes=self.num_classes,
+            **(hp.teacher_kwargs or {}),
+        )
+        self.teacher.load_state_dict(source.state_dict())
+        rank_zero_info(f"loaded the teacher {hp.teacher} from {hp.teacher_file or 'its pretrained weights'}")
+
+    def train(self, mode: bool = True) -> SparsifinerDistillationTask:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # the teacher never trains: no dropout, no drop path
+        return self
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.mixup_fn is not None:
+            if x.shape[0] % 2:
+                raise ValueError(f"Mixup/CutMix need an even batch size, got {x.shape[0]} (use drop_last)")
+            x, y = self.mixup_fn(x, y)
+        student = self.model.forward_distill(x)
+        teacher = teacher_forward(self.teacher, x) if self.teacher is not None else None
+        loss, parts = self.loss(student, teacher, y)
+        batch_size = x.shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in parts.items()}, on_step=True, batch_size=batch_size)
+        return loss
