@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
@@ -181,6 +182,18 @@ class HierarchicalNet(nn.Module):
         if prune_head or prune_end:
             self.reset_classifier(0, "")
         return take_indices
+
+
+def init_transformer_weights(module: nn.Module) -> None:
+    """The init NAT, LITv2 and PVT share (``model.apply`` it): truncated-normal (std .02) Linear weights,
+    zero biases, LayerNorm (1, 0); convs keep PyTorch's defaults."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
 
 
 def build_hierarchical(model_cls: type[nn.Module], variant: str, pretrained: bool, filter_fn, **kwargs) -> nn.Module:

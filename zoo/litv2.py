@@ -34,7 +34,7 @@ import re
 import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features_fx import register_notrace_module
 from torch import nn
@@ -42,7 +42,7 @@ from torchvision.ops import DeformConv2d
 
 from attnzoo.blocks.hilo import HiLo
 
-from ._hierarchical import HierarchicalNet, Stage, build_hierarchical
+from ._hierarchical import HierarchicalNet, Stage, build_hierarchical, init_transformer_weights
 from ._official import OfficialFormat, check_config_keys, register_official, unwrap_state_dict
 
 __all__ = ["LITv2"]
@@ -262,21 +262,7 @@ class LITv2(HierarchicalNet):
             stages.append(Stage(blocks, downsample))
             first += depth
         super().__init__(PatchEmbed(in_chans, embed_dim, norm=patch_norm), stages, dims, num_classes, global_pool)
-        self.apply(_init_weights)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """The authors' init: truncated normal (std .02) linear weights, zero biases; LayerNorm (1, 0).
-
-    Convs keep theirs: PyTorch's default (stem, DTM), zeros (offsets), normal (depthwise, in DWMlp).
-    """
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        self.apply(init_transformer_weights)
 
 
 # --- the authors' checkpoints -------------------------------------------------------------------

@@ -15,7 +15,6 @@ import re
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features_fx import register_notrace_module
 from torch import nn
@@ -23,7 +22,7 @@ from torch import nn
 from attnzoo.blocks import MixerBlock
 from attnzoo.blocks.neighborhood import NeighborhoodAttention2D
 
-from ._hierarchical import ConvDownsample, HierarchicalNet, Stage, build_hierarchical
+from ._hierarchical import ConvDownsample, HierarchicalNet, Stage, build_hierarchical, init_transformer_weights
 from ._official import OfficialFormat, check_config_keys, register_official, unwrap_state_dict
 
 __all__ = ["NAT"]
@@ -117,18 +116,7 @@ class NAT(HierarchicalNet):
         super().__init__(
             ConvTokenizer(in_chans, embed_dim), stages, dims, num_classes, global_pool, drop_rate=drop_rate
         )
-        self.apply(_init_weights)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """The authors' init: truncated normal (std .02) linear weights, zero biases; LayerNorm (1, 0)."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        self.apply(init_transformer_weights)
 
 
 # --- the authors' checkpoints -------------------------------------------------------------------

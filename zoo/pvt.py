@@ -27,7 +27,7 @@ from torch import nn
 
 from attnzoo.blocks import MixerBlock, create_mixer
 
-from ._hierarchical import HierarchicalNet, Stage
+from ._hierarchical import HierarchicalNet, Stage, init_transformer_weights
 
 __all__ = ["PatchEmbedPos", "PyramidVisionTransformerV1", "stage_grid_sizes"]
 
@@ -148,15 +148,4 @@ class PyramidVisionTransformerV1(HierarchicalNet):
             stages.append(Stage(blocks, entry))
             first += depth
         super().__init__(stem, stages, list(embed_dims), num_classes, global_pool, drop_rate, norm_layer=nn.Identity)
-        self.apply(_init_weights)
-
-
-def _init_weights(module: nn.Module) -> None:
-    """The authors' init: truncated normal (std .02) linear weights, zero biases; LayerNorm (1, 0)."""
-    if isinstance(module, nn.Linear):
-        trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
+        self.apply(init_transformer_weights)
