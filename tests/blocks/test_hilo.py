@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from attnzoo.blocks.hilo import HiLo
-
-LITV2_FIXTURE = "/work/shared/fixtures/litv2_reduced.pt"
+from tests.fixtures import FIXTURES
 
 
 def _softmax_attention(q, k, v, scale, mask=None):
@@ -58,7 +57,7 @@ def _double(m):
 
 
 def test_parameter_names_and_shapes_match_litv2_checkpoint():
-    sd = torch.load(LITV2_FIXTURE, weights_only=True)["state_dict"]
+    sd = torch.load(FIXTURES / "litv2_reduced.pt", weights_only=True)["state_dict"]
     for prefix, mixer in (
         ("layers.2.blocks.0.attn.", HiLo(96, 12, qkv_bias=True, window_size=2, alpha=0.9)),
         ("layers.3.blocks.0.attn.", HiLo(192, 24, qkv_bias=True, window_size=1, alpha=0.9)),

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from attnzoo.blocks.quadtree import QuadTreeAttention
-
-FIXTURES = "/work/shared/fixtures/"
+from tests.fixtures import FIXTURES
 
 
 def _randomize(m):
@@ -106,7 +105,7 @@ def brute_force_quadtree(m, x):
     ],
 )
 def test_parameter_names_and_shapes_match_authors_checkpoint(fixture, prefix, dim, heads, levels):
-    fx = torch.load(FIXTURES + fixture, weights_only=True)
+    fx = torch.load(FIXTURES / fixture, weights_only=True)
     attn_type = fx["config"]["attn_type"]
     mixer = QuadTreeAttention(dim, heads, qkv_bias=True, sr_ratio=levels, attn_type=attn_type)
     sub = {k[len(prefix) :]: v for k, v in fx["state_dict"].items() if k.startswith(prefix)}

@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import timm
@@ -12,8 +11,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import attnzoo
 from attnzoo.agent import agent_blocks_per_stage
 from attnzoo.blocks import AgentAttention
+from tests.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 RELEASE = json.loads((FIXTURES / "agent_release_shapes.json").read_text())
 BUFFERS = ("relative_position_index", "attn_mask")  # in the authors' state dicts, regenerated here
 

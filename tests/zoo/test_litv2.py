@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import timm
@@ -10,8 +9,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import attnzoo
+from tests.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 RELEASE = json.loads((FIXTURES / "litv2_release_shapes.json").read_text())
 
 # Paper/README "FLOPs" (MACs by the usual convention, SPEC.md §2.2) at the variant's resolution.

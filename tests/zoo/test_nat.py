@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import timm
@@ -10,8 +9,8 @@ import torch
 
 import attnzoo
 from attnzoo.flops import count_macs
+from tests.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 RELEASE = json.loads((FIXTURES / "nat_dinat_release_shapes.json").read_text())
 
 # Paper/README numbers (SPEC.md §1.2): params (M, as printed) and GMACs at the variant's resolution.

@@ -8,7 +8,6 @@ import functools
 import hashlib
 import http.server
 import threading
-from pathlib import Path
 
 import pytest
 import timm
@@ -16,8 +15,7 @@ import torch
 from timm.models import set_pretrained_check_hash
 
 import attnzoo
-
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
+from tests.fixtures import FIXTURES
 
 
 @pytest.fixture(scope="module")

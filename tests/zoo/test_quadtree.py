@@ -2,7 +2,6 @@
 
 import json
 import math
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -14,8 +13,8 @@ import attnzoo
 import attnzoo.blocks.quadtree as quadtree_block
 from attnzoo.kernels import gather_attention
 from attnzoo.kernels.torch_backend import gather_attention_torch
+from tests.fixtures import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures"
 RELEASE = json.loads((FIXTURES / "quadtree_release_shapes.json").read_text())
 AUTHORS_NAME = {"quadtree_a_b0": "quadtreeA_b0"}  # our name -> the authors' factory name
 VARIANTS = ["quadtree_b0", "quadtree_b1", "quadtree_b2", "quadtree_b3", "quadtree_b4", "quadtree_a_b0"]
