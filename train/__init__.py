@@ -12,7 +12,19 @@ needs no Lightning.
 
 from .classification import ClassificationTask
 from .data import ImageFolderData
+from .detection import CocoData, DetectionTask
 from .digits import DigitsData, export_digits
+from .segmentation import SegFolderData, SegmentationTask
 from .sparsifiner import SparsifinerDistillationTask
 
-__all__ = ["ClassificationTask", "DigitsData", "ImageFolderData", "SparsifinerDistillationTask", "export_digits"]
+__all__ = [
+    "ClassificationTask",
+    "CocoData",
+    "DetectionTask",
+    "DigitsData",
+    "ImageFolderData",
+    "SegFolderData",
+    "SegmentationTask",
+    "SparsifinerDistillationTask",
+    "export_digits",
+]

@@ -12,7 +12,8 @@ What this CLI adds to Lightning's:
   (short names work for :mod:`attnzoo.train`'s classes); ``data.num_classes`` is linked into
   ``model.init_args.num_classes`` when both are instantiated.
 * two checkpoint callbacks under ``trainer.default_root_dir/checkpoints``: ``checkpoint`` keeps ``best.ckpt``
-  (``val/acc1`` by default) and ``last_checkpoint`` keeps ``last.ckpt`` (each epoch, every
+  (``val/acc1`` by default; the detection and segmentation YAMLs set ``checkpoint.monitor``, e.g. ``val/map_50``,
+  ``val/miou``) and ``last_checkpoint`` keeps ``last.ckpt`` (each epoch, every
   ``last_checkpoint.every_n_train_steps`` if set, and on Ctrl-C or an exception), which
   ``--ckpt_path last`` resumes from;
 * ``trainer.logger: null`` (the default) means a CSV and a TensorBoard logger under
@@ -81,7 +82,7 @@ class AttnzooCLI(LightningCLI):
 def _register_classes() -> None:
     """Import what YAML refers to by short name: the tasks, the data modules and attnzoo's timm models."""
     import attnzoo  # noqa: F401  (registers the zoo's models in timm)
-    import attnzoo.train  # noqa: F401  (ClassificationTask, ImageFolderData, DigitsData)
+    import attnzoo.train  # noqa: F401  (the tasks and data modules of attnzoo.train.__all__)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> AttnzooCLI:

@@ -1,0 +1,129 @@
+"""SegmentationTask + SegFolderData: a few CLI steps on the synthetic ADE-style folder, and every zoo family's
+``features_only`` backbone under UPerNet at an input size that is no multiple of 32."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnzoo.train import SegFolderData, SegmentationTask
+from attnzoo.train.cli import build_cli
+from attnzoo.train.synthetic import write_ade_shapes
+from tests.train.conftest import metrics_rows
+
+TINY_NAT4 = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "kernel_size": 3}
+# one small variant per hierarchical family, one block per stage (strides 4-32: what UPerNet and the FPN take)
+HIERARCHICAL = {
+    "nat_mini": {"depths": [1, 1, 1, 1]},
+    "dinat_mini": {"depths": [1, 1, 1, 1], "dilations": [[1], [2], [1], [1]]},
+    "litv2_small": {"depths": [1, 1, 1, 1]},
+    "quadtree_b0": {"depths": [1, 1, 1, 1]},
+    "agent_pvt_tiny": {"depths": [1, 1, 1, 1], "img_size": (256, 352)},
+    "agent_swin_tiny": {"depths": [1, 1, 1, 1], "img_size": (256, 352)},
+}
+
+
+@pytest.fixture(scope="module")
+def ade_root(tmp_path_factory):
+    return write_ade_shapes(tmp_path_factory.mktemp("ade"), num_train=8, num_val=4, size=(64, 96))
+
+
+def seg_args(root, run_dir, *extra: str) -> list[str]:
+    return [
+        "--seed_everything=0",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        f"--trainer.default_root_dir={run_dir}",
+        "--trainer.max_steps=3",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--checkpoint.monitor=val/miou",
+        "--model=SegmentationTask",
+        "--model.backbone=nat_mini",
+        f"--model.model_kwargs={TINY_NAT4}",
+        "--model.decoder_channels=32",
+        "--model.lr=1e-3",
+        "--model.warmup_steps=1",
+        "--data=SegFolderData",
+        f"--data.root={root}",
+        "--data.num_classes=4",
+        "--data.scale=[96, 64]",
+        "--data.crop_size=64",
+        "--data.batch_size=4",
+        "--data.eval_batch_size=2",
+        "--data.num_workers=0",
+        *extra,
+    ]
+
+
+def test_fit_then_validate_through_the_cli(ade_root, tmp_path):
+    cli = build_cli(["fit", *seg_args(ade_root, tmp_path)])
+    assert isinstance(cli.model, SegmentationTask) and cli.model.num_classes == 4  # linked from the data
+    rows = metrics_rows(tmp_path)
+    losses = [float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")]
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    val = [r for r in rows if r.get("val/miou")][-1]
+    assert 0.0 <= float(val["val/miou"]) <= 1.0 and 0.0 <= float(val["val/pixel_acc"]) <= 1.0
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    assert best.is_file()
+
+    # validate from the checkpoint with the sliding window: same metrics, in range
+    args = seg_args(ade_root, tmp_path / "validate", "--model.inference=slide", "--model.slide_crop=64")
+    args += ["--model.slide_stride=32", f"--ckpt_path={best}"]
+    cli = build_cli(["validate", *args])
+    metrics = cli.trainer.callback_metrics
+    assert 0.0 <= float(metrics["val/miou"]) <= 1.0 and 0.0 <= float(metrics["val/pixel_acc"]) <= 1.0
+
+
+def test_reduce_zero_label_and_variable_size_collation(ade_root):
+    data = SegFolderData(ade_root, num_classes=4, scale=(96, 64), crop_size=64, eval_batch_size=4, num_workers=0)
+    data.setup("validate")
+    images, masks = next(iter(data.val_dataloader()))
+    assert images.shape[-2] % 32 == 0 and images.shape[-1] % 32 == 0  # padded to the backbone's stride
+    values = set(masks.unique().tolist())
+    assert values <= {0, 1, 2, 3, 255} and 255 in values  # 0 ("unlabelled" outlines) became the ignore index
+    plain = SegFolderData(ade_root, num_classes=5, reduce_zero_label=False, scale=(96, 64), num_workers=0)
+    plain.setup("validate")
+    assert 0 in set(plain.datasets["val"][0][1].unique().tolist())
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="decoder"):
+        SegmentationTask(backbone="nat_mini", decoder="fpn", num_classes=3)
+    with pytest.raises(ValueError, match="inference"):
+        SegmentationTask(backbone="nat_mini", inference="tiles", num_classes=3, model_kwargs=TINY_NAT4)
+    with pytest.raises(ValueError, match="backbone"):
+        SegmentationTask(backbone="nat_tinyy", num_classes=3)
+    with pytest.raises(ValueError, match="crop_size"):
+        SegFolderData("/nonexistent", crop_size=[64, 64, 3])
+
+
+@pytest.mark.parametrize("name", sorted(HIERARCHICAL))
+def test_every_hierarchical_family_under_upernet_at_250x330(name):
+    torch.manual_seed(0)
+    task = SegmentationTask(backbone=name, model_kwargs=HIERARCHICAL[name], num_classes=3, decoder_channels=32).eval()
+    with torch.no_grad():
+        logits = task(torch.randn(1, 3, 250, 330))
+    assert logits.shape == (1, 3, 250, 330) and torch.isfinite(logits).all()
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SEG_CONFIGS = sorted((CONFIGS / "segmentation").glob("*.yaml")) + [CONFIGS / "demo" / "segmentation.yaml"]
+ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
+
+
+@pytest.mark.parametrize("path", SEG_CONFIGS, ids=[p.name for p in SEG_CONFIGS])
+def test_segmentation_configs_cite_their_source_and_instantiate(path, tmp_path):
+    text = path.read_text()
+    header = [line for line in text.split("\n")[:12] if line.startswith("#")]
+    assert any(line.startswith("# Source: ") for line in header), "cite the recipe's source in the top comment"
+    with torch.device("meta"):
+        cli = build_cli(["--config", str(path), *ON_CPU, f"--data.root={tmp_path}"], run=False)
+    assert isinstance(cli.model, SegmentationTask) and isinstance(cli.datamodule, SegFolderData)
+    assert cli.model.num_classes == cli.datamodule.num_classes  # linked
+    assert cli.trainer.checkpoint_callback.monitor == "val/miou"
+    assert not any(tmp_path.iterdir())  # nothing written or downloaded at instantiation

@@ -1,0 +1,161 @@
+"""Deterministic synthetic data for the detection and segmentation demos and tests (no download, no wheel data).
+
+No wheel ships a real multi-image detection or segmentation set, so the demos draw their own: coloured
+circles, squares and triangles on a noisy background, at random places and sizes. The images are written
+as PNG (lossless, so the files are byte-identical for the same arguments) and their labels in the formats
+real data sets use, so the demos exercise the same loaders as COCO and ADE20K:
+
+* :func:`write_coco_shapes` — ``root/{train,val}/*.png`` + ``root/annotations/instances_{train,val}.json``
+  (COCO: ``bbox`` as ``[x, y, w, h]``, ``segmentation`` as polygons, ``area``, ``iscrowd``; category ids
+  1..3). Images vary in size, so collation of variable-size images is exercised too.
+* :func:`write_ade_shapes` — ``root/images/{training,validation}/*.png`` + ``root/annotations/...`` PNG label
+  maps in ADE20K's convention: 0 is "unlabelled" (here a thin outline around every shape, as ADE20K leaves
+  object borders unlabelled), 1 the background, 2..4 the shapes. With ``reduce_zero_label`` (as ADE20K is
+  trained) 0 becomes the ignore index 255 and the others 0..3: four classes.
+
+The polygon that fills a shape in the image is the one written to the COCO json, so the masks that
+pycocotools/torchvision decode agree with the pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from faster_coco_eval.core import mask as coco_mask
+from PIL import Image, ImageDraw
+
+__all__ = ["SHAPES", "write_ade_shapes", "write_coco_shapes"]
+
+SHAPES = ("circle", "square", "triangle")
+_COLOURS = {"circle": (230, 60, 60), "square": (60, 200, 60), "triangle": (70, 90, 240)}
+
+
+def _check_counts(num_train: int, num_val: int, size: tuple[int, int], max_shapes: int) -> tuple[int, int]:
+    if num_train < 1 or num_val < 1:
+        raise ValueError(f"num_train and num_val must be >= 1, got {num_train} and {num_val}")
+    if max_shapes < 1:
+        raise ValueError(f"max_shapes must be >= 1, got {max_shapes}")
+    height, width = (int(s) for s in size)
+    if min(height, width) < 32:
+        raise ValueError(f"size must be at least 32 px per side, got {size}")
+    return height, width
+
+
+def _polygon(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, float]]:
+    """The outline of a shape centred at ``(cx, cy)`` with half-size ``r`` (a 24-gon for a circle)."""
+    if kind == "square":
+        return [(cx - r, cy - r), (cx + r, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    if kind == "triangle":
+        return [(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)]
+    return [(cx + r * math.cos(2 * math.pi * i / 24), cy + r * math.sin(2 * math.pi * i / 24)) for i in range(24)]
+
+
+def _scene(rng: np.random.Generator, height: int, width: int, max_shapes: int):
+    """A noisy background and up to ``max_shapes`` non-overlapping shapes: ``(image, [(kind, polygon)])``."""
+    h = int(rng.integers(int(height * 0.8), height + 1))
+    w = int(rng.integers(int(width * 0.8), width + 1))
+    base = rng.integers(20, 90, size=3)
+    pixels = np.clip(base + rng.integers(-20, 21, size=(h, w, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    shapes: list[tuple[str, list[tuple[float, float]]]] = []
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(int(rng.integers(1, max_shapes + 1))):
+        for _attempt in range(20):  # rejection sampling: no overlaps, so every instance is fully visible
+            r = float(rng.uniform(0.08, 0.2) * min(h, w))
+            cx, cy = float(rng.uniform(r + 1, w - r - 1)), float(rng.uniform(r + 1, h - r - 1))
+            if all(math.hypot(cx - x, cy - y) > r + q + 3 for x, y, q in placed):
+                break
+        else:
+            continue
+        kind = SHAPES[int(rng.integers(len(SHAPES)))]
+        polygon = _polygon(kind, cx, cy, r)
+        colour = tuple(int(c) for c in np.clip(np.array(_COLOURS[kind]) + rng.integers(-25, 26, size=3), 0, 255))
+        draw.polygon(polygon, fill=colour)
+        placed.append((cx, cy, r))
+        shapes.append((kind, polygon))
+    return image, shapes
+
+
+def write_coco_shapes(
+    root: str | Path,
+    num_train: int = 256,
+    num_val: int = 32,
+    size: tuple[int, int] = (96, 128),
+    max_shapes: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write a COCO-format shapes data set under ``root`` (deterministic for the same arguments); returns ``root``.
+
+    ``size`` is the largest ``(height, width)``; each image is 80-100% of it per side.
+    """
+    height, width = _check_counts(num_train, num_val, size, max_shapes)
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(SHAPES)]
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    annotation_id = 1
+    for split, count in (("train", num_train), ("val", num_val)):
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        images, annotations = [], []
+        for index in range(count):
+            image, shapes = _scene(rng, height, width, max_shapes)
+            name = f"{index:06d}.png"
+            image.save(folder / name)
+            image_id = index + 1
+            images.append({"id": image_id, "file_name": name, "height": image.height, "width": image.width})
+            for kind, polygon in shapes:
+                flat = [round(c, 2) for point in polygon for c in point]
+                rle = coco_mask.merge(coco_mask.frPyObjects([flat], image.height, image.width))
+                xs, ys = [p[0] for p in polygon], [p[1] for p in polygon]
+                x0, y0 = max(min(xs), 0.0), max(min(ys), 0.0)
+                x1, y1 = min(max(xs), image.width), min(max(ys), image.height)
+                annotations.append(
+                    {
+                        "id": annotation_id,
+                        "image_id": image_id,
+                        "category_id": SHAPES.index(kind) + 1,
+                        "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                        "segmentation": [flat],
+                        "area": float(coco_mask.area(rle)),  # as COCO defines it: the decoded polygon's pixels
+                        "iscrowd": 0,
+                    }
+                )
+                annotation_id += 1
+        data = {"images": images, "annotations": annotations, "categories": categories}
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
+    return root
+
+
+def write_ade_shapes(
+    root: str | Path,
+    num_train: int = 256,
+    num_val: int = 32,
+    size: tuple[int, int] = (96, 128),
+    max_shapes: int = 3,
+    seed: int = 0,
+) -> Path:
+    """Write an ADE20K-style segmentation folder under ``root`` (deterministic); returns ``root``.
+
+    Label maps: 0 unlabelled outline, 1 background, ``2 + SHAPES.index(kind)`` for a shape (see the module doc).
+    """
+    height, width = _check_counts(num_train, num_val, size, max_shapes)
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for split, count in (("training", num_train), ("validation", num_val)):
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+        for index in range(count):
+            image, shapes = _scene(rng, height, width, max_shapes)
+            label = Image.new("L", image.size, 1)
+            draw = ImageDraw.Draw(label)
+            for kind, polygon in shapes:
+                draw.polygon(polygon, fill=2 + SHAPES.index(kind), outline=0)
+            name = f"ADE_{split[:5]}_{index:08d}"
+            image.save(root / "images" / split / f"{name}.png")
+            label.save(root / "annotations" / split / f"{name}.png")
+    return root
