@@ -31,11 +31,10 @@ import timm
 import torch
 from faster_coco_eval import COCO
 from faster_coco_eval.core import mask as coco_mask
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from torch import nn
-from torch.utils.data import DataLoader
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision import tv_tensors
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
@@ -46,6 +45,7 @@ from torchvision.transforms import v2
 
 import attnzoo  # noqa: F401  (registers attnzoo's models in timm)
 
+from ._splits import SplitDataModule
 from .segmentation import check_backbone, check_optim_args, dense_optimizer
 from .synthetic import write_coco_shapes
 
@@ -100,7 +100,7 @@ def _categories(ann_file: Path) -> list[dict[str, Any]]:
         return json.load(f)["categories"]
 
 
-class CocoData(LightningDataModule):
+class CocoData(SplitDataModule):
     """COCO-format detection data (``root/<split>/*`` + ``root/<ann_file>``) as a LightningDataModule.
 
     Args:
@@ -118,6 +118,8 @@ class CocoData(LightningDataModule):
         synthetic: write :func:`~attnzoo.train.synthetic.write_coco_shapes` to ``root`` in ``prepare_data``
             when its annotation files are missing (with ``train_split: train``, ``val_split: val``).
     """
+
+    collate_fn = staticmethod(detection_collate)
 
     def __init__(
         self,
@@ -160,7 +162,6 @@ class CocoData(LightningDataModule):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.save_hyperparameters(ignore=["num_classes"])
-        self.datasets: dict[str, Any] = {}
         self.category_to_label: dict[int, int] | None = None
 
     def ann_path(self, split: str) -> Path:
@@ -190,42 +191,6 @@ class CocoData(LightningDataModule):
         steps += [v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes(labels_getter=_labels_and_crowd)]
         pipeline = _CocoPipeline(v2.Compose(steps), self.category_to_label, training)
         return _CocoDataset(images, ann, hp.masks, pipeline)
-
-    def setup(self, stage: str) -> None:
-        hp = self.hparams
-        splits = {
-            "fit": [("train", hp.train_split), ("val", hp.val_split)],
-            "validate": [("val", hp.val_split)],
-            "test": [("test", hp.test_split or hp.val_split)],
-            "predict": [("predict", hp.test_split or hp.val_split)],
-        }[stage]
-        for key, split in splits:
-            if key not in self.datasets:
-                self.datasets[key] = self._dataset(split, training=key == "train")
-
-    def _loader(self, key: str, training: bool) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            self.datasets[key],
-            batch_size=hp.batch_size if training else (hp.eval_batch_size or hp.batch_size),
-            shuffle=training,
-            drop_last=training,
-            num_workers=hp.num_workers,
-            collate_fn=detection_collate,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", False)
 
 
 class _CocoDataset(torch.utils.data.Dataset):

@@ -28,13 +28,13 @@ import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from timm.optim import create_optimizer_v2, list_optimizers, param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassJaccardIndex
 from torchvision import tv_tensors
@@ -42,6 +42,7 @@ from torchvision.transforms import v2
 
 import attnzoo  # noqa: F401  (registers attnzoo's models in timm, so smp's ``tu-`` encoders find them)
 
+from ._splits import SplitDataModule
 from .classification import SCHEDULERS, _check_model_name
 from .synthetic import write_ade_shapes
 
@@ -231,7 +232,7 @@ def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]], multiple: int = 
     return images, masks
 
 
-class SegFolderData(LightningDataModule):
+class SegFolderData(SplitDataModule):
     """ADE20K-style folders (``images/<split>/*`` + ``annotations/<split>/*.png``) as a LightningDataModule.
 
     Args:
@@ -251,6 +252,8 @@ class SegFolderData(LightningDataModule):
         synthetic: write :func:`~attnzoo.train.synthetic.write_ade_shapes` to ``root`` in ``prepare_data`` when
             ``root`` has no ``images/`` folder yet (the offline demo and the tests).
     """
+
+    collate_fn = staticmethod(pad_collate)
 
     def __init__(
         self,
@@ -288,7 +291,6 @@ class SegFolderData(LightningDataModule):
         self.crop_size = _pair(crop_size, "crop_size")
         self.num_classes = int(num_classes)
         self.save_hyperparameters(ignore=["num_classes"])
-        self.datasets: dict[str, _SegDataset] = {}
 
     def prepare_data(self) -> None:
         if self.hparams.synthetic and not (self.root / "images").is_dir():
@@ -305,42 +307,9 @@ class SegFolderData(LightningDataModule):
         )
 
     def setup(self, stage: str) -> None:
-        hp = self.hparams
         if not self.root.is_dir():
             raise FileNotFoundError(f"root: no such folder {str(self.root)!r} (synthetic: true writes a demo set)")
-        splits = {
-            "fit": [("train", hp.train_split), ("val", hp.val_split)],
-            "validate": [("val", hp.val_split)],
-            "test": [("test", hp.test_split or hp.val_split)],
-            "predict": [("predict", hp.test_split or hp.val_split)],
-        }[stage]
-        for key, split in splits:
-            if key not in self.datasets:
-                self.datasets[key] = self._dataset(split, training=key == "train")
-
-    def _loader(self, key: str, training: bool) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            self.datasets[key],
-            batch_size=hp.batch_size if training else (hp.eval_batch_size or hp.batch_size),
-            shuffle=training,
-            drop_last=training,
-            num_workers=hp.num_workers,
-            collate_fn=pad_collate,
-            persistent_workers=hp.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", False)
+        super().setup(stage)
 
 
 # --- task ------------------------------------------------------------------------------------------
