@@ -45,6 +45,14 @@ from torchvision.transforms import v2
 
 import attnzoo  # noqa: F401  (registers attnzoo's models in timm)
 
+from ._backbone import (
+    apply_graft,
+    backbone_kwargs,
+    check_graft,
+    check_input_size,
+    load_pretrained_once,
+    pad_to_input_size,
+)
 from ._splits import SplitDataModule
 from .segmentation import check_backbone, check_optim_args, dense_optimizer
 from .synthetic import write_coco_shapes
@@ -244,7 +252,12 @@ class _CocoDataset(torch.utils.data.Dataset):
 
 # --- model -----------------------------------------------------------------------------------------
 class TimmFPN(nn.Module):
-    """A timm ``features_only`` backbone picked at ``strides`` + torchvision's FPN; has ``out_channels``."""
+    """A timm ``features_only`` backbone picked at ``strides`` + torchvision's FPN; has ``out_channels``.
+
+    ``graft`` runs an attnzoo mixer inside the backbone (:func:`attnzoo.graft`'s arguments). ``input_size``
+    is for backbones built for one input size (Agent-Swin/PVT): every batch is zero-padded to it and the
+    feature maps are cropped back to the batch's own extent, so the detector never sees the padding.
+    """
 
     def __init__(
         self,
@@ -253,9 +266,13 @@ class TimmFPN(nn.Module):
         out_channels: int = 256,
         extra: str = "pool",
         pretrained: bool = False,
+        graft: dict[str, Any] | None = None,
+        input_size: tuple[int, int] | None = None,
         **model_kwargs: Any,
     ):
         super().__init__()
+        self.input_size = input_size
+        model_kwargs = backbone_kwargs(model_kwargs, None, input_size)
         probe = timm.create_model(backbone, features_only=True, pretrained=False, **model_kwargs)
         reductions = probe.feature_info.reduction()
         missing = [s for s in strides if s not in reductions]
@@ -268,15 +285,20 @@ class TimmFPN(nn.Module):
             self.body = timm.create_model(
                 backbone, features_only=True, out_indices=out_indices, pretrained=pretrained, **model_kwargs
             )
+        apply_graft(self.body, graft)
+        self.strides = strides
         self.channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
         extra_blocks = LastLevelMaxPool() if extra == "pool" else LastLevelP6P7(out_channels, out_channels)
         self.fpn = FeaturePyramidNetwork(self.body.feature_info.channels(), out_channels, extra_blocks=extra_blocks)
         self.out_channels = out_channels
 
     def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        features = self.body(x)
+        h, w = x.shape[-2:]
+        features = self.body(pad_to_input_size(x, self.input_size))
         if self.channels_last:
             features = [f.permute(0, 3, 1, 2) for f in features]
+        if self.input_size is not None:
+            features = [f[..., : -(-h // s), : -(-w // s)] for f, s in zip(features, self.strides, strict=True)]
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
 
@@ -305,6 +327,11 @@ class DetectionTask(LightningModule):
         detector_kwargs: more arguments of the torchvision detector (``box_batch_size_per_image``,
             ``rpn_post_nms_top_n_train``...); unknown names are an error.
         drop_path_rate: the backbone's stochastic depth (the papers use 0.2-0.5 for detection).
+        graft: run an attnzoo mixer inside the backbone: :func:`attnzoo.graft`'s arguments as a dict
+            (``{mixer: dual}`` in timm's DaViT); the pretrained weights are carried over.
+        input_size: ``[height, width]`` (multiples of 32) for backbones built for one input size (Agent-Swin,
+            Agent-PVT): passed as ``img_size`` and every batch is zero-padded to it, like ViTDet's fixed square
+            padding (COCO at 800/1333: ``[1344, 1344]``). Larger inputs are an error.
         opt, lr, weight_decay, opt_kwargs, layer_decay, backbone_lr_mult, sched, warmup_steps, warmup_lr, min_lr,
             sched_kwargs: :func:`~attnzoo.train.segmentation.dense_optimizer` (mmdet 1x: ``multistep`` with
             ``sched_kwargs: {decay_milestones: [8, 11], decay_rate: 0.1}``, 500 warmup steps).
@@ -323,6 +350,8 @@ class DetectionTask(LightningModule):
         anchor_sizes: list[int] | None = None,
         detector_kwargs: dict[str, Any] | None = None,
         drop_path_rate: float | None = None,
+        graft: dict[str, Any] | None = None,
+        input_size: list[int] | None = None,
         opt: str = "adamw",
         lr: float = 1e-4,
         weight_decay: float = 0.05,
@@ -348,15 +377,15 @@ class DetectionTask(LightningModule):
         if unknown:
             raise ValueError(f"detector_kwargs: {sorted(unknown)} are not arguments of torchvision's {detector}")
         check_optim_args(opt, sched, lr, warmup_steps, backbone_lr_mult)
-        kwargs = dict(model_kwargs or {})
-        if drop_path_rate is not None:
-            kwargs["drop_path_rate"] = drop_path_rate
+        check_graft(graft)
+        size = check_input_size(input_size)
+        if size is not None and isinstance(max_size, int) and max_size > max(size):
+            raise ValueError(f"input_size {list(size)} is smaller than max_size {max_size}: images would not fit")
         self.num_classes = int(num_classes)
         extra = "p6p7" if detector == "retinanet" else "pool"
         self._fpn_args = (backbone, DETECTOR_STRIDES[detector], fpn_channels, extra)
-        self._create_kwargs = kwargs
-        self._pretrained_loaded = False
-        fpn = TimmFPN(*self._fpn_args, pretrained=False, **kwargs)
+        self._create_kwargs = dict(backbone_kwargs(model_kwargs, drop_path_rate, size), graft=graft, input_size=size)
+        fpn = TimmFPN(*self._fpn_args, pretrained=False, **self._create_kwargs)
         det_kwargs = dict(detector_kwargs or {})
         if anchor_sizes is not None:
             if detector == "retinanet":
@@ -376,19 +405,12 @@ class DetectionTask(LightningModule):
 
     # --- weights -----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Load the backbone's pretrained weights once, unless a Lightning checkpoint is about to overwrite them.
+        """Load the backbone's pretrained weights once, unless a Lightning checkpoint is about to overwrite them."""
+        load_pretrained_once(self, self._load_pretrained, "backbone")
 
-        Not in ``__init__``: ``validate --ckpt_path`` and the configs' dry instantiation must not download.
-        """
-        if not self.hparams.pretrained or self._pretrained_loaded:
-            return
-        if self._trainer is not None and self.trainer.ckpt_path:
-            rank_zero_info(f"not loading pretrained weights: restoring {self.trainer.ckpt_path}")
-        else:
-            source = TimmFPN(*self._fpn_args, pretrained=True, **self._create_kwargs)
-            self.detector.backbone.body.load_state_dict(source.body.state_dict())
-            rank_zero_info(f"loaded the pretrained weights of {self.hparams.backbone} into the backbone")
-        self._pretrained_loaded = True
+    def _load_pretrained(self) -> None:
+        source = TimmFPN(*self._fpn_args, pretrained=True, **self._create_kwargs)
+        self.detector.backbone.body.load_state_dict(source.body.state_dict())
 
     def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         """Detections per image (``boxes`` xyxy in input pixels, ``labels`` 1..K, ``scores``, ``masks``)."""

@@ -5,9 +5,10 @@
   transforms: random rescale of the base scale by 0.5-2.0, random crop, flip, colour jitter for training;
   a resize with kept aspect for evaluation. ``reduce_zero_label`` maps ADE20K's "unlabelled" 0 to the
   ignore index 255 and shifts the classes down by one, as every ADE20K recipe does.
-* :class:`SegmentationTask` builds ``smp.UPerNet(encoder_name="tu-<backbone>")``: smp's universal timm
-  encoder asks timm for ``features_only`` maps (strides 4-32), so the decoder is smp's, not hand-written,
-  and ``model_kwargs`` reach ``timm.create_model``. Cross-entropy with the ignore index; metrics are
+* :class:`SegmentationTask` builds ``smp.UPerNet(encoder_name="tu-<backbone>")`` (or ``smp.FPN``, the
+  Semantic FPN head that LITv2, QuadTree and Agent-PVT report): smp's universal timm encoder asks timm for
+  ``features_only`` maps (strides 4-32), so the decoder is smp's, not hand-written, and ``model_kwargs``
+  reach ``timm.create_model``. Cross-entropy with the ignore index; metrics are
   torchmetrics' ``MulticlassJaccardIndex(ignore_index=255)`` (mIoU over the classes present, as mmseg
   reports it) and micro-averaged pixel accuracy (mmseg's ``aAcc``). Evaluation runs on whole images
   (padded to a multiple of 32) or with a sliding window (``inference="slide"``, mmseg's ``mode='slide'``).
@@ -42,6 +43,14 @@ from torchvision.transforms import v2
 
 import attnzoo  # noqa: F401  (registers attnzoo's models in timm, so smp's ``tu-`` encoders find them)
 
+from ._backbone import (
+    apply_graft,
+    backbone_kwargs,
+    check_graft,
+    check_input_size,
+    load_pretrained_once,
+    pad_to_input_size,
+)
 from ._splits import SplitDataModule
 from .classification import SCHEDULERS, _check_model_name
 from .synthetic import write_ade_shapes
@@ -49,7 +58,7 @@ from .synthetic import write_ade_shapes
 __all__ = ["SegFolderData", "SegmentationTask", "check_backbone", "dense_optimizer"]
 
 IGNORE_INDEX = 255
-DECODERS = ("upernet",)
+DECODERS = ("upernet", "fpn")
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -319,11 +328,18 @@ class SegmentationTask(LightningModule):
     Args:
         backbone: a timm model name with ``features_only`` strides 4-32 (every attnzoo family, ResNets...).
         model_kwargs: more ``timm.create_model`` arguments for the backbone (``embed_dim``, ``depths``...).
-        decoder: ``upernet`` (smp's ``UPerNet``).
+        decoder: ``upernet`` (smp's ``UPerNet``, mmseg's UPerHead) or ``fpn`` (smp's ``FPN``: mmseg's Semantic FPN,
+            pyramid width ``decoder_channels`` and a head of half that; GroupNorm where mmseg has SyncBN).
         num_classes: output classes (the CLI links it from the data module).
         pretrained: start the backbone from timm's registered weights (loaded at ``setup``, not when a checkpoint
             is being restored).
-        decoder_channels: UPerNet's width (mmseg's UPerHead: 512).
+        decoder_channels: UPerNet's width (mmseg's UPerHead: 512) or the FPN's (Semantic FPN: 256, a multiple of 64).
+        drop_path_rate: the backbone's stochastic depth.
+        graft: run an attnzoo mixer inside the backbone: :func:`attnzoo.graft`'s arguments as a dict
+            (``{mixer: focal}`` in timm's FocalNet); the pretrained weights are carried over.
+        input_size: ``[height, width]`` (multiples of 32) for backbones built for one input size (Agent-Swin,
+            Agent-PVT): passed as ``img_size``, and every input is zero-padded to it (the logits cropped back).
+            Larger inputs are an error: train with ``crop_size`` <= it and evaluate with ``inference: slide``.
         opt, lr, weight_decay, opt_kwargs, layer_decay, backbone_lr_mult: see :func:`dense_optimizer`.
         sched, warmup_steps, warmup_lr, min_lr, sched_kwargs: the schedule (mmseg 160k: ``poly``, power 1,
             1,500 warmup iterations; give ``trainer.max_steps``).
@@ -340,6 +356,8 @@ class SegmentationTask(LightningModule):
         pretrained: bool = False,
         decoder_channels: int = 512,
         drop_path_rate: float | None = None,
+        graft: dict[str, Any] | None = None,
+        input_size: list[int] | None = None,
         opt: str = "adamw",
         lr: float = 6e-5,
         weight_decay: float = 0.01,
@@ -364,16 +382,22 @@ class SegmentationTask(LightningModule):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if inference not in ("whole", "slide"):
             raise ValueError(f"inference must be 'whole' or 'slide', got {inference!r}")
+        if decoder == "fpn" and (decoder_channels < 64 or decoder_channels % 64):
+            raise ValueError(f"decoder_channels must be a multiple of 64 for decoder 'fpn', got {decoder_channels}")
         check_optim_args(opt, sched, lr, warmup_steps, backbone_lr_mult)
+        check_graft(graft)
+        self.input_size = check_input_size(input_size)
         self.slide_crop = _pair(slide_crop, "slide_crop")
         self.slide_stride = _pair(slide_stride, "slide_stride")
-        kwargs = dict(model_kwargs or {})
-        if drop_path_rate is not None:
-            kwargs["drop_path_rate"] = drop_path_rate
+        if (
+            self.input_size is not None
+            and inference == "slide"
+            and any(c > s for c, s in zip(self.slide_crop, self.input_size, strict=True))
+        ):
+            raise ValueError(f"slide_crop {list(self.slide_crop)} is larger than input_size {list(self.input_size)}")
         self.num_classes = int(num_classes)
-        self._create_kwargs = kwargs
+        self._create_kwargs = backbone_kwargs(model_kwargs, drop_path_rate, self.input_size)
         self.model = self._build(pretrained=False)
-        self._pretrained_loaded = False
         self.loss = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         metrics = MetricCollection(
             {
@@ -384,38 +408,43 @@ class SegmentationTask(LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
 
-    def _build(self, pretrained: bool) -> smp.UPerNet:
+    def _build(self, pretrained: bool) -> smp.UPerNet | smp.FPN:
         hp = self.hparams
-        return smp.UPerNet(
+        common = dict(
             encoder_name=f"tu-{hp.backbone}",
             encoder_weights="imagenet" if pretrained else None,  # smp's tu- encoders pass pretrained=True to timm
-            decoder_channels=hp.decoder_channels,
             classes=self.num_classes,
             **self._create_kwargs,
         )
+        if hp.decoder == "fpn":  # mmseg's FPNHead: 128 channels over a 256-wide FPN, dropout 0.1
+            model = smp.FPN(
+                decoder_pyramid_channels=hp.decoder_channels,
+                decoder_segmentation_channels=hp.decoder_channels // 2,
+                decoder_dropout=0.1,
+                **common,
+            )
+        else:
+            model = smp.UPerNet(decoder_channels=hp.decoder_channels, **common)
+        apply_graft(model.encoder.model, hp.graft)  # smp's TimmUniversalEncoder keeps the timm model in .model
+        return model
 
     # --- weights -----------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Load the backbone's pretrained weights once, unless a Lightning checkpoint is about to overwrite them.
+        """Load the backbone's pretrained weights once, unless a Lightning checkpoint is about to overwrite them."""
+        load_pretrained_once(self, self._load_pretrained, "encoder")
 
-        Not in ``__init__``: ``validate --ckpt_path`` and the configs' dry instantiation must not download.
-        """
-        if not self.hparams.pretrained or self._pretrained_loaded:
-            return
-        if self._trainer is not None and self.trainer.ckpt_path:
-            rank_zero_info(f"not loading pretrained weights: restoring {self.trainer.ckpt_path}")
-        else:
-            self.model.encoder.load_state_dict(self._build(pretrained=True).encoder.state_dict())
-            rank_zero_info(f"loaded the pretrained weights of {self.hparams.backbone} into the encoder")
-        self._pretrained_loaded = True
+    def _load_pretrained(self) -> None:
+        self.model.encoder.load_state_dict(self._build(pretrained=True).encoder.state_dict())
 
     # --- inference ---------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes, H, W)`` for any input size (padded to a multiple of 32, then cropped)."""
+        """Logits ``(B, num_classes, H, W)`` for any input size (padded to a multiple of 32 or to ``input_size``,
+        then cropped)."""
         h, w = x.shape[-2:]
-        pad_h, pad_w = (-h) % 32, (-w) % 32
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        if self.input_size is not None:
+            x = pad_to_input_size(x, self.input_size)
+        elif (-h) % 32 or (-w) % 32:
+            x = F.pad(x, (0, (-w) % 32, 0, (-h) % 32))
         return self.model(x)[..., :h, :w]
 
     def slide_inference(self, x: torch.Tensor) -> torch.Tensor:

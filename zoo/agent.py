@@ -32,10 +32,12 @@ Swin at 384).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, swin_transformer
@@ -101,6 +103,45 @@ def _into_mixers(state_dict: dict, model: nn.Module) -> dict:
         if sep and head + ".attn" in grafted:
             key = f"{head}.attn.mixer.{tail}"
         out[key] = value
+    return out
+
+
+_AXIS_BIASES = ("ah_bias", "aw_bias", "ha_bias", "wa_bias")
+
+
+def resize_to_model(state_dict: dict, model: nn.Module) -> dict:
+    """Fit the tensors that are sized by the input size to ``model``'s size (fine-tuning at another resolution).
+
+    The agent axis biases (one entry per window row/column) are linearly interpolated along the window axis;
+    PVT position tables are bilinearly resized on their grid, as the model itself does at run time. Anything
+    else with another shape is left for ``load_state_dict`` to refuse. The authors only release weights per
+    size (their 224 and 384 checkpoints differ); this interpolation is ours, for dense fine-tuning at e.g. 512.
+    """
+    own = model.state_dict()
+    out = dict(state_dict)
+    for key, value in state_dict.items():
+        target = own.get(key)
+        if target is None or target.shape == value.shape or value.dim() != target.dim():
+            continue
+        name = key.rsplit(".", 1)[-1]
+        if name in _AXIS_BIASES:
+            for dim in [d for d in range(value.dim()) if value.shape[d] != target.shape[d]]:
+                moved = value.movedim(dim, -1)
+                resized = F.interpolate(
+                    moved.reshape(-1, 1, moved.shape[-1]).float(),
+                    size=target.shape[dim],
+                    mode="linear",
+                    align_corners=False,
+                )
+                value = resized.to(value.dtype).reshape(*moved.shape[:-1], -1).movedim(-1, dim)
+            out[key] = value
+        elif name == "pos_embed" and value.shape[-1] == target.shape[-1]:
+            side = math.isqrt(value.shape[1])
+            grid = model.get_submodule(key.rsplit(".", 1)[0]).grid_size
+            if side * side == value.shape[1]:
+                table = value.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+                table = F.interpolate(table, size=tuple(grid), mode="bilinear", align_corners=False)
+                out[key] = table.permute(0, 2, 3, 1).reshape(1, -1, value.shape[-1]).to(value.dtype)
     return out
 
 
@@ -180,9 +221,10 @@ def swin_checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
 
     timm's Swin converter handles the official Swin layout (``layers.i.downsample`` at the end of stage
     ``i`` -> start of ``i + 1``, ``head`` -> ``head.fc``, buffers dropped, bias tables resized); then the
-    agent blocks' ``attn.*`` move into ``attn.mixer.*``.
+    agent blocks' ``attn.*`` move into ``attn.mixer.*``; size-dependent biases fit the model's input size.
     """
-    return _into_mixers(swin_transformer.checkpoint_filter_fn(unwrap_state_dict(state_dict), model), model)
+    converted = _into_mixers(swin_transformer.checkpoint_filter_fn(unwrap_state_dict(state_dict), model), model)
+    return resize_to_model(converted, model)
 
 
 # The authors' AgentSwinTransformer(...) keywords and their class defaults (agent_swin.py).
@@ -404,7 +446,8 @@ _PVT_RENAMES = [  # (authors' key pattern, ours); first match wins
 
 
 def pvt_checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
-    """The authors' Agent-PVT state dict -> ours: renames, and ``q`` + ``kv`` (k|v) rows -> one ``qkv``."""
+    """The authors' Agent-PVT state dict -> ours: renames, ``q`` + ``kv`` (k|v) rows -> one ``qkv``, and the
+    size-dependent tensors fit to the model's input size (:func:`resize_to_model`)."""
     out = {}
     for key, value in unwrap_state_dict(state_dict).items():
         for pattern, replace in _PVT_RENAMES:
@@ -415,7 +458,7 @@ def pvt_checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     for key in [k for k in out if re.search(r"\.mixer\.q\.(weight|bias)$", k)]:
         kv_key = key.replace(".mixer.q.", ".mixer.kv.")
         out[key.replace(".mixer.q.", ".mixer.qkv.")] = torch.cat([out.pop(key), out.pop(kv_key)], dim=0)
-    return out
+    return resize_to_model(out, model)
 
 
 # The authors' agent_pvt.PyramidVisionTransformer(...) keywords and their class defaults.

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
 from attnzoo.train import CocoData, DetectionTask
@@ -117,6 +118,42 @@ def test_arguments_are_checked(coco_root):
         CocoData(coco_root, train_split="train", val_split="val", num_classes=5).setup("validate")
     with pytest.raises(ValueError, match="ann_file"):
         CocoData(coco_root, ann_file="annotations/instances.json", num_classes=3)
+    with pytest.raises(ValueError, match="input_size"):
+        DetectionTask(backbone="agent_swin_tiny", num_classes=3, input_size=[800, 800], max_size=1333)
+    with pytest.raises(ValueError, match="input_size"):
+        DetectionTask(backbone="agent_swin_tiny", num_classes=3, input_size=[800, 810])
+    with pytest.raises(ValueError, match="graft"):
+        DetectionTask(backbone="davit_tiny", num_classes=3, graft={"stages": [0]})
+
+
+def test_fixed_size_backbone_sees_padded_batches_and_the_fpn_their_extent():
+    torch.manual_seed(0)
+    fpn = TimmFPN("agent_swin_tiny", (4, 8, 16, 32), 32, input_size=(256, 352), depths=[1, 1, 1, 1]).eval()
+    with torch.no_grad():
+        features = fpn(torch.randn(1, 3, 160, 224))
+        assert [tuple(f.shape[-2:]) for f in features.values()] == [(40, 56), (20, 28), (10, 14), (5, 7), (3, 4)]
+        with pytest.raises(ValueError, match="input_size"):
+            fpn(torch.randn(1, 3, 288, 352))
+
+
+def test_pretrained_weights_load_into_a_grafted_backbone(tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model("davit_tiny", depths=[1, 1, 1, 1]).eval()
+    path = tmp_path / "davit.pth"
+    torch.save(source.state_dict(), path)
+    kwargs = {"depths": [1, 1, 1, 1], "pretrained_cfg_overlay": {"file": str(path)}}
+    task = DetectionTask(
+        backbone="davit_tiny", model_kwargs=kwargs, graft={"mixer": "dual"}, pretrained=True, num_classes=3
+    ).eval()
+    body = task.detector.backbone.body
+    assert any(name.endswith("attn.mixer") for name, _ in body.named_modules())  # attnzoo's DualAttention
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected = source.forward_intermediates(x, intermediates_only=True)
+        assert not torch.allclose(body(x)[-1], expected[-1])
+        task.setup("fit")
+        for got, want in zip(body(x), expected, strict=True):
+            torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("name", PLAIN)
@@ -130,7 +167,7 @@ def test_every_hierarchical_family_under_the_fpn_at_250x330(name):
     torch.manual_seed(0)
     task = DetectionTask(
         backbone=name,
-        model_kwargs=HIERARCHICAL[name],
+        **HIERARCHICAL[name],
         detector="faster_rcnn",
         num_classes=3,
         fpn_channels=32,

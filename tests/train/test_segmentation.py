@@ -7,22 +7,28 @@ import math
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 
+from attnzoo.blocks.agent import AgentAttention
 from attnzoo.train import SegFolderData, SegmentationTask
 from attnzoo.train.cli import build_cli
 from attnzoo.train.synthetic import write_ade_shapes
 from tests.train.conftest import metrics_rows
 
 TINY_NAT4 = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "kernel_size": 3}
-# one small variant per hierarchical family, one block per stage (strides 4-32: what UPerNet and the FPN take)
+ONE_BLOCK = {"depths": [1, 1, 1, 1]}
+# task arguments of one small variant per hierarchical family, one block per stage (strides 4-32: what UPerNet and the
+# FPN take). Agent-Swin/PVT are built for one input size; DaViT and FocalNet are timm's with attnzoo's mixer grafted.
 HIERARCHICAL = {
-    "nat_mini": {"depths": [1, 1, 1, 1]},
-    "dinat_mini": {"depths": [1, 1, 1, 1], "dilations": [[1], [2], [1], [1]]},
-    "litv2_small": {"depths": [1, 1, 1, 1]},
-    "quadtree_b0": {"depths": [1, 1, 1, 1]},
-    "agent_pvt_tiny": {"depths": [1, 1, 1, 1], "img_size": (256, 352)},
-    "agent_swin_tiny": {"depths": [1, 1, 1, 1], "img_size": (256, 352)},
+    "nat_mini": {"model_kwargs": ONE_BLOCK},
+    "dinat_mini": {"model_kwargs": {**ONE_BLOCK, "dilations": [[1], [2], [1], [1]]}},
+    "litv2_small": {"model_kwargs": ONE_BLOCK},
+    "quadtree_b0": {"model_kwargs": ONE_BLOCK},
+    "agent_pvt_tiny": {"model_kwargs": ONE_BLOCK, "input_size": [256, 352]},
+    "agent_swin_tiny": {"model_kwargs": ONE_BLOCK, "input_size": [256, 352]},
+    "davit_tiny": {"model_kwargs": ONE_BLOCK, "graft": {"mixer": "dual"}},
+    "focalnet_tiny_srf": {"graft": {"mixer": "focal"}},  # timm fixes FocalNet's depths
 }
 
 
@@ -93,7 +99,15 @@ def test_reduce_zero_label_and_variable_size_collation(ade_root):
 
 def test_arguments_are_checked():
     with pytest.raises(ValueError, match="decoder"):
-        SegmentationTask(backbone="nat_mini", decoder="fpn", num_classes=3)
+        SegmentationTask(backbone="nat_mini", decoder="deeplab", num_classes=3)
+    with pytest.raises(ValueError, match="decoder_channels"):
+        SegmentationTask(backbone="nat_mini", decoder="fpn", decoder_channels=96, num_classes=3)
+    with pytest.raises(ValueError, match="input_size"):
+        SegmentationTask(backbone="agent_pvt_tiny", input_size=[500, 500], num_classes=3)
+    with pytest.raises(ValueError, match="slide_crop"):
+        SegmentationTask(backbone="nat_mini", input_size=[256, 256], inference="slide", slide_crop=512, num_classes=3)
+    with pytest.raises(ValueError, match="graft"):
+        SegmentationTask(backbone="davit_tiny", graft={"mixer": "nope"}, num_classes=3)
     with pytest.raises(ValueError, match="inference"):
         SegmentationTask(backbone="nat_mini", inference="tiles", num_classes=3, model_kwargs=TINY_NAT4)
     with pytest.raises(ValueError, match="backbone"):
@@ -105,10 +119,70 @@ def test_arguments_are_checked():
 @pytest.mark.parametrize("name", sorted(HIERARCHICAL))
 def test_every_hierarchical_family_under_upernet_at_250x330(name):
     torch.manual_seed(0)
-    task = SegmentationTask(backbone=name, model_kwargs=HIERARCHICAL[name], num_classes=3, decoder_channels=32).eval()
+    task = SegmentationTask(backbone=name, **HIERARCHICAL[name], num_classes=3, decoder_channels=32).eval()
     with torch.no_grad():
         logits = task(torch.randn(1, 3, 250, 330))
     assert logits.shape == (1, 3, 250, 330) and torch.isfinite(logits).all()
+
+
+def test_semantic_fpn_decoder_trains():
+    torch.manual_seed(0)
+    task = SegmentationTask(
+        backbone="nat_mini", model_kwargs=TINY_NAT4, decoder="fpn", decoder_channels=64, num_classes=4
+    )
+    assert type(task.model).__name__ == "FPN" and task.model.decoder.seg_blocks[0].block[0].block[0].out_channels == 32
+    images, masks = torch.randn(2, 3, 70, 90), torch.randint(0, 4, (2, 70, 90))
+    loss = task.loss(task(images), masks)
+    loss.backward()
+    assert torch.isfinite(loss) and next(task.model.encoder.parameters()).grad.abs().sum() > 0
+
+
+def test_fixed_size_backbone_pads_inputs_and_refuses_larger_ones():
+    torch.manual_seed(0)
+    task = SegmentationTask(backbone="agent_pvt_tiny", **HIERARCHICAL["agent_pvt_tiny"], num_classes=3).eval()
+    agents = [m for m in task.modules() if isinstance(m, AgentAttention)]
+    assert agents[0].window_size == (64, 88)  # built for 256x352
+    with torch.no_grad():
+        assert task(torch.randn(2, 3, 100, 352)).shape == (2, 3, 100, 352)
+        with pytest.raises(ValueError, match="input_size"):
+            task(torch.randn(1, 3, 288, 352))
+
+
+@pytest.mark.parametrize("name", ["davit_tiny", "focalnet_tiny_srf"])
+def test_grafted_mixer_keeps_timm_outputs(name):
+    """attnzoo's mixer in timm's DaViT/FocalNet encoder: the decoder sees the same features (weights carried)."""
+    tasks = []
+    for graft in (None, HIERARCHICAL[name]["graft"]):
+        torch.manual_seed(0)
+        kwargs = {**HIERARCHICAL[name], "graft": graft}
+        tasks.append(SegmentationTask(backbone=name, **kwargs, num_classes=3).eval())
+    plain, grafted = tasks
+    assert "mixer" in dict(grafted.model.encoder.named_modules()).keys().__str__()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        torch.testing.assert_close(grafted(x), plain(x))
+
+
+def test_pretrained_weights_load_into_a_grafted_encoder(tmp_path):
+    torch.manual_seed(0)
+    source = timm.create_model("davit_tiny", **ONE_BLOCK).eval()
+    path = tmp_path / "davit.pth"
+    torch.save(source.state_dict(), path)
+    task = SegmentationTask(
+        backbone="davit_tiny",
+        model_kwargs={**ONE_BLOCK, "pretrained_cfg_overlay": {"file": str(path)}},
+        graft={"mixer": "dual"},
+        pretrained=True,
+        num_classes=3,
+    ).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        before = task.model.encoder(x)[-1]
+        task.setup("fit")  # no trainer: nothing to restore, so the weights load
+        after = task.model.encoder(x)[-1]
+        expected = source.forward_intermediates(x, intermediates_only=True)[-1]
+    assert not torch.allclose(before, expected)
+    torch.testing.assert_close(after, expected)
 
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

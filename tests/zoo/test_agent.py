@@ -139,6 +139,49 @@ def test_pretrained_loading_through_timm_applies_the_converter(tmp_path):
         torch.testing.assert_close(model.eval()(fx["input"]), fx["logits"], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    "fixture,to_kwargs",
+    [("agent_swin_t_reduced.pt", "swin_config_to_kwargs"), ("agent_pvt_t_reduced.pt", "pvt_config_to_kwargs")],
+)
+def test_pretrained_weights_fit_another_input_size(tmp_path, fixture, to_kwargs):
+    """A 224 checkpoint fine-tunes at 320x448 (dense tasks): size-dependent tensors are resized, the rest kept."""
+    fx = load_fixture(fixture)
+    path = tmp_path / fixture
+    torch.save({"model": fx["state_dict"]}, path)
+    kwargs = {**getattr(attnzoo.agent, to_kwargs)(dict(fx["config"])), "img_size": (320, 448)}
+    overlay = dict(file=str(path), num_classes=10)
+    model = timm.create_model(fx["entrypoint"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+    at_224 = timm.create_model(
+        fx["entrypoint"], pretrained=True, pretrained_cfg_overlay=overlay, **{**kwargs, "img_size": 224}
+    ).state_dict()
+    resized = 0
+    for key, value in model.state_dict().items():
+        if value.shape == at_224[key].shape:
+            assert torch.equal(value, at_224[key]), key  # untouched
+        else:
+            resized += 1
+            assert key.endswith(("_bias", "pos_embed")), key
+            # interpolation keeps the range of the checkpoint's values
+            assert at_224[key].min() - 1e-6 <= value.min() and value.max() <= at_224[key].max() + 1e-6, key
+    assert resized > 0
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(1, 3, 320, 448))).all()
+
+
+def test_resizing_a_constant_bias_keeps_it_constant():
+    small, large = (timm.create_model("agent_pvt_tiny", depths=[1, 1, 1, 1], img_size=s) for s in (224, 288))
+    state = {
+        k: torch.full_like(v, 0.25) if k.endswith(("ah_bias", "wa_bias", "pos_embed")) else v
+        for k, v in small.state_dict().items()
+    }
+    out = attnzoo.agent.resize_to_model(state, large)
+    large.load_state_dict(out)
+    for key, value in out.items():
+        if key.endswith(("ah_bias", "wa_bias", "pos_embed")):
+            assert value.shape == large.state_dict()[key].shape
+            torch.testing.assert_close(value, torch.full_like(value, 0.25))
+
+
 # --- released variants: keys, parameters, GMACs ---------------------------------------------------
 def test_release_checkpoint_maps_onto_the_registered_variant(variant):
     name, model = variant
