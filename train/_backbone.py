@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import timm
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
@@ -32,6 +33,17 @@ def backbone_kwargs(
             raise ValueError(f"input_size {list(input_size)} and model_kwargs.img_size {kwargs['img_size']} disagree")
         kwargs["img_size"] = tuple(input_size)
     return kwargs
+
+
+def check_strides(backbone: str, strides: tuple[int, ...], model_kwargs: dict[str, Any]) -> list[int]:
+    """The backbone's ``features_only`` strides (probed on the meta device: no memory, no weights); a
+    ``ValueError`` naming ``backbone`` when some of ``strides`` are missing (plain ViTs have only 16)."""
+    with torch.device("meta"):
+        reductions = timm.create_model(backbone, features_only=True, **model_kwargs).feature_info.reduction()
+    missing = [s for s in strides if s not in reductions]
+    if missing:
+        raise ValueError(f"backbone: {backbone!r} has no feature maps at strides {missing} (it has {reductions})")
+    return reductions
 
 
 def check_input_size(input_size: Any) -> tuple[int, int] | None:

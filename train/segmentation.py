@@ -48,6 +48,7 @@ from ._backbone import (
     backbone_kwargs,
     check_graft,
     check_input_size,
+    check_strides,
     load_pretrained_once,
     pad_to_input_size,
 )
@@ -397,6 +398,7 @@ class SegmentationTask(LightningModule):
             raise ValueError(f"slide_crop {list(self.slide_crop)} is larger than input_size {list(self.input_size)}")
         self.num_classes = int(num_classes)
         self._create_kwargs = backbone_kwargs(model_kwargs, drop_path_rate, self.input_size)
+        check_strides(backbone, (4, 8, 16, 32), self._create_kwargs)  # smp's own error would not say which
         self.model = self._build(pretrained=False)
         self.loss = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         metrics = MetricCollection(

@@ -125,6 +125,12 @@ def test_every_hierarchical_family_under_upernet_at_250x330(name):
     assert logits.shape == (1, 3, 250, 330) and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("name", ["agent_deit_tiny", "sparsifiner_deit_small"])
+def test_plain_vits_are_refused_by_name(name):
+    with pytest.raises(ValueError, match="backbone: .* no feature maps at strides"):
+        SegmentationTask(backbone=name, num_classes=3)
+
+
 def test_semantic_fpn_decoder_trains():
     torch.manual_seed(0)
     task = SegmentationTask(
