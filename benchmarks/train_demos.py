@@ -1,25 +1,30 @@
 """Train the two dense demos on the CPU and check that they learn (slow: not part of ``make test``).
 
     .venv/bin/python benchmarks/train_demos.py [--only detection|segmentation] [--minutes 10] [--out DIR]
+        [--json benchmarks/train-demos-cpu.json]
 
 Each demo (``configs/demo/{detection,segmentation}.yaml``) trains on its synthetic data set, written to a
 fresh folder, for its configured epochs but at most ``--minutes`` of wall time (``trainer.max_time``), and is
 then validated from its best checkpoint. Passing means bbox mAP@50 >= 0.5 (detection) and mIoU >= 0.6
-(segmentation). A JSON line per demo reports the metrics, the time, torch's thread count and the command.
+(segmentation). A JSON line per demo reports the metrics, the time, the machine, versions and the command;
+``--json`` also writes them to a file (the committed results are ``benchmarks/train-demos-cpu.json``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("torch", "torchvision", "timm", "lightning", "segmentation_models_pytorch", "natten")
 DEMOS = {
     "detection": ("val/map_50", 0.5, ("val/map", "val/map_50", "val/map_75")),
     "segmentation": ("val/miou", 0.6, ("val/miou", "val/pixel_acc")),
@@ -53,7 +58,9 @@ def run(name: str, minutes: float, out: Path) -> dict:
         "epochs": fit.trainer.current_epoch,
         "steps": fit.trainer.global_step,
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "device": "cpu",
+        "versions": {name: metadata.version(name) for name in PACKAGES},
         "command": " ".join([sys.executable, *sys.argv]),
     }
 
@@ -63,11 +70,14 @@ def main() -> int:
     parser.add_argument("--only", choices=sorted(DEMOS))
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-time cap of each fit")
     parser.add_argument("--out", type=Path, default=None, help="run folder (default: a temporary one)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="attnzoo-demos-"))
     results = [run(name, args.minutes, out / name) for name in ([args.only] if args.only else sorted(DEMOS))]
     for result in results:
         print(json.dumps(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0 if all(r["passed"] for r in results) else 1
 
 
