@@ -64,6 +64,12 @@ class AgentAttention(nn.Module):
     ``q`` and ``kv`` (k|v) row-wise into ``qkv``, which computes the same projection.
     ``qk_scale`` overrides ``head_dim ** -0.5``; the authors' modules accept but ignore it, so converters
     should leave it ``None``.
+
+    Dense prediction (the authors' ``downstream/`` backbones): ``dynamic_size=True`` accepts maps of any size,
+    the window-sized bias terms bilinearly resized to the map on each call (equal to the fixed module at
+    ``window_size``); ``agent_grid=(gh, gw)`` pools the agents to that grid instead of ``sqrt(agent_num)``
+    squared (their ``downstream_agent_shape``), the bias tables bilinearly resized over the agent axis, so the
+    ImageNet parameters serve more agents.
     """
 
     def __init__(
@@ -77,6 +83,8 @@ class AgentAttention(nn.Module):
         agent_num: int = 49,
         window_size: int | Sequence[int] = (14, 14),
         num_prefix_tokens: int = 0,
+        dynamic_size: bool = False,
+        agent_grid: int | Sequence[int] | None = None,
     ):
         super().__init__()
         self.dim = dim
@@ -90,6 +98,11 @@ class AgentAttention(nn.Module):
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
         self.attn_drop = check_fraction("attn_drop", attn_drop, 0.0, 1.0)
         check_fraction("proj_drop", proj_drop, 0.0, 1.0)
+        self.dynamic_size = bool(dynamic_size)
+        grid = (self.pool_size, self.pool_size) if agent_grid is None else agent_grid
+        self.agent_grid = _check_window_size(grid)  # a positive pair, like a window
+        if self.num_prefix_tokens and self.agent_grid != (self.pool_size, self.pool_size):
+            raise ValueError("agent_grid other than sqrt(agent_num) is for maps without prefix tokens")
 
         wh, ww = self.window_size
         heads, agents, prefix = num_heads, self.agent_num, self.num_prefix_tokens
@@ -148,25 +161,43 @@ class AgentAttention(nn.Module):
             if grid_size is not None and tuple(grid_size) != (height, width):
                 raise ValueError(f"grid_size {tuple(grid_size)} does not match the map's (H, W) {(height, width)}")
             tokens = x.flatten(1, 2)
-        if (height, width) != self.window_size:
+        if (height, width) != self.window_size and not self.dynamic_size:
             raise ValueError(
                 f"map size (H, W) = {(height, width)} differs from the window_size {self.window_size} the module "
-                "was built for (the position biases are sized by it)"
+                "was built for (the position biases are sized by it; dynamic_size=True resizes them)"
             )
         out = self._mix(tokens, height, width)
         return out.view_as(x)
 
-    def _biases(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Additive logits: agents->keys ``(1, h, n, P+HW)`` and queries->agents ``(1, h, P+HW, n)``."""
+    def _to_map(self, table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """A ``(h, n, H', W')`` bias table bilinearly resized to the map (a no-op at its own size)."""
+        if tuple(table.shape[-2:]) == tuple(size):
+            return table
+        return F.interpolate(table, size=size, mode="bilinear", align_corners=False)
+
+    def _to_agent_grid(self, table: torch.Tensor) -> torch.Tensor:
+        """``(h, HW, p*p)`` over the trained agents -> ``(h, HW, gh*gw)`` over ``agent_grid`` (bilinear)."""
+        if self.agent_grid == (self.pool_size, self.pool_size):
+            return table
+        heads, tokens, _ = table.shape
+        grid = table.reshape(heads, tokens, self.pool_size, self.pool_size)
+        grid = F.interpolate(grid, size=self.agent_grid, mode="bilinear", align_corners=False)
+        return grid.reshape(heads, tokens, -1)
+
+    def _biases(self, dtype: torch.dtype, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive logits: agents->keys ``(1, h, n, P+HW)`` and queries->agents ``(1, h, P+HW, n)``.
+
+        Each is a smooth 7x7 table resized to the map plus per-row and per-column terms (the latter resized too
+        when the map is not the window: bilinear resizing of a row + column sum is the sum of the resized terms).
+        """
         heads, agents = self.num_heads, self.agent_num
-        size = self.window_size
-        # agent -> key: smooth 7x7 table resized to the map, plus row and column terms
-        agent_key = F.interpolate(self.an_bias, size=size, mode="bilinear", align_corners=False).unsqueeze(0)
-        agent_key = (agent_key + self.ah_bias + self.aw_bias).reshape(1, heads, agents, -1)
-        # query -> agent: the same construction, laid out (query, agent)
-        table = F.interpolate(self.na_bias, size=size, mode="bilinear", align_corners=False)
-        query_agent = table.permute(0, 2, 3, 1).unsqueeze(0) + self.ha_bias + self.wa_bias
-        query_agent = query_agent.reshape(1, heads, -1, agents)
+        agent_key = self._to_map(self.an_bias, size) + self._to_map((self.ah_bias + self.aw_bias)[0], size)
+        agent_key = agent_key.reshape(heads, agents, -1).transpose(1, 2)  # (h, HW, n)
+        axis = (self.ha_bias + self.wa_bias)[0].permute(0, 3, 1, 2)  # (h, n, wh, ww)
+        query_agent = self._to_map(self.na_bias, size) + self._to_map(axis, size)
+        query_agent = query_agent.reshape(heads, agents, -1).transpose(1, 2)  # (h, HW, n)
+        agent_key = self._to_agent_grid(agent_key).transpose(1, 2).unsqueeze(0)
+        query_agent = self._to_agent_grid(query_agent).unsqueeze(0)
         if self.num_prefix_tokens:
             agent_key = torch.cat([self.ac_bias, agent_key], dim=-1)
             query_agent = torch.cat([self.ca_bias, query_agent], dim=-2)
@@ -181,14 +212,14 @@ class AgentAttention(nn.Module):
         # Agents: adaptive average pool of the patch queries over all channels (bins overlap when the map
         # is not a multiple of the grid). Pooling is per channel, so it commutes with the head split.
         q_map = q[:, prefix:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
-        agents = F.adaptive_avg_pool2d(q_map, self.pool_size).flatten(2).transpose(1, 2)  # (B, n, C)
-        agents = agents.reshape(batch, self.agent_num, heads, head_dim).transpose(1, 2)  # (B, h, n, d)
+        agents = F.adaptive_avg_pool2d(q_map, self.agent_grid).flatten(2).transpose(1, 2)  # (B, n, C)
+        agents = agents.reshape(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, n, d)
         # Local term: depthwise 3x3 conv of the patch values (channels-last memory), added to patch tokens only.
         v_map = v[:, prefix:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
         local = self.dwc(v_map).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
 
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, N, d)
-        agent_key, query_agent = self._biases(q.dtype)
+        agent_key, query_agent = self._biases(q.dtype, (height, width))
         opts = dict(dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
         agent_v = F.scaled_dot_product_attention(agents, k, v, attn_mask=agent_key, **opts)  # (B, h, n, d)
         out = F.scaled_dot_product_attention(q, agents, agent_v, attn_mask=query_agent, **opts)  # (B, h, N, d)
@@ -202,5 +233,6 @@ class AgentAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, agent_num={self.agent_num}, "
-            f"window_size={self.window_size}, num_prefix_tokens={self.num_prefix_tokens}"
+            f"window_size={self.window_size}, num_prefix_tokens={self.num_prefix_tokens}, "
+            f"dynamic_size={self.dynamic_size}, agent_grid={self.agent_grid}"
         )

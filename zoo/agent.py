@@ -90,6 +90,16 @@ def _per_stage(name: str, values, num: int) -> list[int]:
     return values
 
 
+def _per_stage_grid(agent_grid, num: int) -> list[tuple[int, int] | None]:
+    """``agent_grid`` per stage (an int side, an ``(h, w)`` pair or ``None`` each), or ``None`` for all stages."""
+    if agent_grid is None:
+        return [None] * num
+    grids = [None if g is None else (int(g), int(g)) if isinstance(g, int) else tuple(g) for g in agent_grid]
+    if len(grids) != num:
+        raise ValueError(f"agent_grid must give one grid (or null) per stage ({num}), got {agent_grid}")
+    return grids
+
+
 def _into_mixers(state_dict: dict, model: nn.Module) -> dict:
     """``<block>.attn.<param>`` -> ``<block>.attn.mixer.<param>`` for the blocks grafted with agent attention."""
     grafted = {
@@ -162,6 +172,18 @@ def _set_block_window(block: swin_transformer.SwinTransformerBlock, window: int)
     block.init_non_persistent_buffers()  # the shift mask for the new window (None without shift)
 
 
+class _GlobalAgentBlock(swin_transformer.SwinTransformerBlock):
+    """A Swin block whose agent attention sees the whole map at any size: no window partition, no shift.
+
+    At the size the model was built for, the window already covers the map (one window, no shift), so this is
+    the same computation; at other sizes it is the authors' dense backbones' global agent attention. Existing
+    timm blocks are switched to this class in place (their parameters and buffers stay as they are).
+    """
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn.mixer(x)  # self.attn is graft's WindowMixer adapter; its mixer takes (B, H, W, C)
+
+
 class AgentSwinTransformer(swin_transformer.SwinTransformer):
     """timm's Swin with agent attention in the blocks ``attn_type`` names (the authors' ``AgentSwinTransformer``).
 
@@ -171,6 +193,11 @@ class AgentSwinTransformer(swin_transformer.SwinTransformer):
         agent_window_size: the agent blocks' window (the authors' ``window_size``), clipped to each stage's map;
             at least the first stage's map means global agent attention, as released.
         window_size: timm's, the window of the plain Swin blocks (the authors' ``max(7, window_size // 8)``).
+        dynamic_img_size: timm's (any input size; the plain Swin blocks build their shift masks per call). Agent
+            blocks that are global at ``img_size`` stay global at every size, their biases resized to the map,
+            as in the authors' detection/segmentation backbones.
+        agent_grid: per stage, the grid the agents are pooled to (the authors' ``downstream_agent_shape``, e.g.
+            ``[9, 12, 14, 7]`` for their Swin-T dense models); ``None``: ``sqrt(agent_num)`` squared, as trained.
     The shift mask is not applied in agent blocks, as in the authors' code.
     """
 
@@ -179,6 +206,8 @@ class AgentSwinTransformer(swin_transformer.SwinTransformer):
         agent_num: int | Sequence[int] = (9, 16, 49, 49),
         attn_type: str = "AAAB",
         agent_window_size: int = 56,
+        agent_grid: Sequence[int | Sequence[int] | None] | None = None,
+        dynamic_img_size: bool = False,
         depths: Sequence[int] = (2, 2, 6, 2),
         window_size: int = 7,
         qkv_bias: bool = True,
@@ -192,15 +221,18 @@ class AgentSwinTransformer(swin_transformer.SwinTransformer):
             qkv_bias=qkv_bias,
             attn_drop_rate=attn_drop_rate,
             proj_drop_rate=proj_drop_rate,
+            dynamic_img_size=dynamic_img_size,
             **kwargs,
         )
         counts = agent_blocks_per_stage(attn_type, depths)
         agent_num = _per_stage("agent_num", agent_num, len(depths))
+        grids = _per_stage_grid(agent_grid, len(depths))
         for index, (stage, count) in enumerate(zip(self.layers, counts, strict=True)):
             if not count:
                 continue
             for block in stage.blocks[:count]:
                 _set_block_window(block, agent_window_size)
+            global_blocks = [tuple(b.window_size) == tuple(b.input_resolution) for b in stage.blocks[:count]]
             graft(
                 self,
                 "agent",
@@ -210,7 +242,13 @@ class AgentSwinTransformer(swin_transformer.SwinTransformer):
                 qkv_bias=qkv_bias,
                 attn_drop=attn_drop_rate,
                 proj_drop=proj_drop_rate,
+                dynamic_size=dynamic_img_size,
+                agent_grid=grids[index],
             )
+            if dynamic_img_size:
+                for block, is_global in zip(stage.blocks[:count], global_blocks, strict=True):
+                    if is_global:
+                        block.__class__ = _GlobalAgentBlock
 
     def set_input_size(self, *args, **kwargs) -> None:
         _fixed_size(self)
@@ -405,11 +443,16 @@ class AgentPVT(PyramidVisionTransformerV1):
 
     ``agent_num`` gives the agents per stage; each stage's agent window is its whole map at ``img_size``.
     The authors' separate ``q``/``kv`` projections are one ``qkv`` here (the converter concatenates them).
+    ``dynamic_img_size=True`` accepts any input size (agent biases and position tables resized to each map, as
+    the authors' dense backbones do); ``agent_grid`` per stage pools the agents to a larger grid (their
+    ``downstream_agent_shape``, e.g. ``[12, 16, 28, 28]``), see :class:`~attnzoo.blocks.AgentAttention`.
     """
 
     def __init__(
         self,
         agent_num: int | Sequence[int] = (9, 16, 49, 49),
+        agent_grid: Sequence[int | Sequence[int] | None] | None = None,
+        dynamic_img_size: bool = False,
         img_size: int | Sequence[int] = 224,
         patch_size: int = 4,
         depths: Sequence[int] = (2, 2, 2, 2),
@@ -420,9 +463,18 @@ class AgentPVT(PyramidVisionTransformerV1):
     ):
         agent_num = _per_stage("agent_num", agent_num, len(depths))
         grids = stage_grid_sizes(img_size, patch_size, len(depths))
+        agent_grids = _per_stage_grid(agent_grid, len(depths))
         mixer_kwargs = [
-            dict(agent_num=n, window_size=g, qkv_bias=qkv_bias, attn_drop=attn_drop_rate, proj_drop=proj_drop_rate)
-            for n, g in zip(agent_num, grids, strict=True)
+            dict(
+                agent_num=n,
+                window_size=g,
+                qkv_bias=qkv_bias,
+                attn_drop=attn_drop_rate,
+                proj_drop=proj_drop_rate,
+                dynamic_size=dynamic_img_size,
+                agent_grid=a,
+            )
+            for n, g, a in zip(agent_num, grids, agent_grids, strict=True)
         ]
         super().__init__(
             "agent",

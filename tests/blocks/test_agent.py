@@ -12,16 +12,17 @@ DIM, HEADS = 24, 3
 
 
 # ----------------------------------------------------------------------------- hand-written reference
-def pool_matrix(height, width, p, dtype):
-    """(p*p, H*W) averaging matrix of adaptive average pooling: bin i spans [floor(iH/p), ceil((i+1)H/p))."""
-    mat = torch.zeros(p * p, height * width, dtype=dtype)
+def pool_matrix(height, width, p, dtype, pw=None):
+    """(p*pw, H*W) averaging matrix of adaptive average pooling: bin i spans [floor(iH/p), ceil((i+1)H/p))."""
+    pw = p if pw is None else pw
+    mat = torch.zeros(p * pw, height * width, dtype=dtype)
     for i in range(p):
         y0, y1 = (i * height) // p, -((-(i + 1) * height) // p)
-        for j in range(p):
-            x0, x1 = (j * width) // p, -((-(j + 1) * width) // p)
+        for j in range(pw):
+            x0, x1 = (j * width) // pw, -((-(j + 1) * width) // pw)
             for y in range(y0, y1):
                 for x in range(x0, x1):
-                    mat[i * p + j, y * width + x] = 1.0 / ((y1 - y0) * (x1 - x0))
+                    mat[i * pw + j, y * width + x] = 1.0 / ((y1 - y0) * (x1 - x0))
     return mat
 
 
@@ -39,11 +40,16 @@ def resize_matrix(out_size, in_size, dtype):
 
 
 def reference(m, x, height, width, prefix=0):
-    """Agent attention written out with einsums on a (B, P + H*W, C) sequence."""
+    """Agent attention written out with einsums on a (B, P + H*W, C) sequence.
+
+    The map may differ from the module's window (the row/column terms are resampled to it) and the agents may
+    be pooled to ``m.agent_grid`` (every bias resampled over the agent grid), as the authors' dense backbones do.
+    """
     batch, _, channels = x.shape
-    heads, d, n = m.num_heads, channels // m.num_heads, m.agent_num
+    heads, d, p = m.num_heads, channels // m.num_heads, math.isqrt(m.agent_num)
+    (gh, gw), (wh, ww) = m.agent_grid, m.window_size
     q, k, v = torch.nn.functional.linear(x, m.qkv.weight, m.qkv.bias).chunk(3, dim=-1)
-    agents = torch.einsum("ap,bpc->bac", pool_matrix(height, width, math.isqrt(n), x.dtype), q[:, prefix:])
+    agents = torch.einsum("ap,bpc->bac", pool_matrix(height, width, gh, x.dtype, gw), q[:, prefix:])
 
     def split(t):  # (B, L, C) -> (B, h, L, d)
         return t.reshape(batch, t.shape[1], heads, d).permute(0, 2, 1, 3)
@@ -52,10 +58,18 @@ def reference(m, x, height, width, prefix=0):
     ry, rx = resize_matrix(height, 7, x.dtype), resize_matrix(width, 7, x.dtype)
     an = torch.einsum("yi,hnij,xj->hnyx", ry, m.an_bias, rx)
     na = torch.einsum("yi,hnij,xj->hnyx", ry, m.na_bias, rx)
-    b_ak = an + m.ah_bias[0] + m.aw_bias[0]  # (h, n, H, W)
-    b_qa = na + m.ha_bias[0].permute(0, 3, 1, 2) + m.wa_bias[0].permute(0, 3, 1, 2)  # (h, n, H, W)
-    b_ak = b_ak.reshape(heads, n, height * width)
-    b_qa = b_qa.reshape(heads, n, height * width).transpose(1, 2)
+    wy, wx = resize_matrix(height, wh, x.dtype), resize_matrix(width, ww, x.dtype)  # window -> map
+    rows = torch.einsum("yi,hni->hny", wy, m.ah_bias[0, ..., 0])[..., None]
+    cols = torch.einsum("xj,hnj->hnx", wx, m.aw_bias[0, :, :, 0])[..., None, :]
+    b_ak = an + rows + cols  # (h, n, H, W)
+    rows = torch.einsum("yi,hin->hny", wy, m.ha_bias[0, :, :, 0])[..., None]
+    cols = torch.einsum("xj,hjn->hnx", wx, m.wa_bias[0, :, 0])[..., None, :]
+    b_qa = na + rows + cols  # (h, n, H, W)
+    # over the agents: a p x p grid resampled to gh x gw
+    gy, gx = resize_matrix(gh, p, x.dtype), resize_matrix(gw, p, x.dtype)
+    b_ak = torch.einsum("ai,bj,hijl->habl", gy, gx, b_ak.reshape(heads, p, p, -1)).reshape(heads, gh * gw, -1)
+    b_qa = torch.einsum("ai,bj,hijl->habl", gy, gx, b_qa.reshape(heads, p, p, -1)).reshape(heads, gh * gw, -1)
+    b_qa = b_qa.transpose(1, 2)
     if prefix:
         b_ak = torch.cat([m.ac_bias[0], b_ak], dim=2)
         b_qa = torch.cat([m.ca_bias[0], b_qa], dim=1)
@@ -75,9 +89,8 @@ def reference(m, x, height, width, prefix=0):
 
 def build(height, width, agent_num=9, prefix=0, dtype=torch.float64, scale_biases=1.0, **kw):
     torch.manual_seed(0)
-    m = AgentAttention(DIM, HEADS, agent_num=agent_num, window_size=(height, width), num_prefix_tokens=prefix, **kw).to(
-        dtype
-    )
+    kw.setdefault("window_size", (height, width))
+    m = AgentAttention(DIM, HEADS, agent_num=agent_num, num_prefix_tokens=prefix, **kw).to(dtype)
     with torch.no_grad():  # O(1) weights and biases so every term matters
         for name, p in m.named_parameters():
             p.copy_(torch.randn_like(p) * (scale_biases if name.endswith("_bias") else 1.0 / math.sqrt(DIM)))
@@ -124,6 +137,43 @@ def test_cls_sequence_form_with_biases_and_dwc(height, width, agent_num, prefix)
     out = m(x, grid_size=(height, width))
     torch.testing.assert_close(out, reference(m, x, height, width, prefix), atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(m(x, grid_size=(height, width), num_prefix_tokens=prefix), out, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------- dense backbones (any size)
+@pytest.mark.parametrize(
+    "height,width,window,agent_num,grid",
+    [(7, 9, (7, 9), 9, None), (12, 17, (7, 9), 9, None), (5, 4, (7, 9), 4, None), (10, 11, (6, 6), 4, (3, 5))],
+)
+def test_dynamic_size_and_agent_grid_match_the_reference(height, width, window, agent_num, grid):
+    m = build(height, width, agent_num, window_size=window, dynamic_size=True, agent_grid=grid)
+    x = torch.randn(2, height, width, DIM, dtype=torch.float64)
+    expected = reference(m, x.flatten(1, 2), height, width).view_as(x)
+    torch.testing.assert_close(m(x), expected, atol=1e-10, rtol=1e-10)
+
+
+def test_dynamic_size_at_the_window_equals_the_fixed_module():
+    fixed, dynamic = build(7, 9, 9), build(7, 9, 9, dynamic_size=True)
+    x = torch.randn(2, 7, 9, DIM, dtype=torch.float64)
+    torch.testing.assert_close(dynamic(x), fixed(x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="dynamic_size=True resizes them"):
+        fixed(torch.randn(2, 8, 9, DIM, dtype=torch.float64))
+
+
+def test_agent_grid_pools_more_agents_from_the_same_parameters(monkeypatch):
+    m = build(12, 12, 9, agent_grid=(4, 5))
+    assert m.an_bias.shape == (HEADS, 9, 7, 7)  # the trained 3x3 agents' tables
+    agents = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, **kw):
+        agents.append(q.shape[2])
+        return sdpa(q, k, v, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    m(torch.randn(1, 12, 12, DIM, dtype=torch.float64))
+    assert agents[0] == 20  # the agent -> key attention has one query per agent
+    with pytest.raises(ValueError, match="agent_grid"):
+        AgentAttention(12, 3, agent_num=4, window_size=7, num_prefix_tokens=1, agent_grid=(3, 3))
 
 
 def test_sequence_without_prefix_equals_map():

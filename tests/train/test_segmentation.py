@@ -19,14 +19,15 @@ from tests.train.conftest import metrics_rows
 TINY_NAT4 = {"embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8], "kernel_size": 3}
 ONE_BLOCK = {"depths": [1, 1, 1, 1]}
 # task arguments of one small variant per hierarchical family, one block per stage (strides 4-32: what UPerNet and the
-# FPN take). Agent-Swin/PVT are built for one input size; DaViT and FocalNet are timm's with attnzoo's mixer grafted.
+# FPN take). Agent-Swin/PVT in their dense mode (any size, the authors' downstream agent grids); DaViT and FocalNet
+# are timm's with attnzoo's mixer grafted.
 HIERARCHICAL = {
     "nat_mini": {"model_kwargs": ONE_BLOCK},
     "dinat_mini": {"model_kwargs": {**ONE_BLOCK, "dilations": [[1], [2], [1], [1]]}},
     "litv2_small": {"model_kwargs": ONE_BLOCK},
     "quadtree_b0": {"model_kwargs": ONE_BLOCK},
-    "agent_pvt_tiny": {"model_kwargs": ONE_BLOCK, "input_size": [256, 352]},
-    "agent_swin_tiny": {"model_kwargs": ONE_BLOCK, "input_size": [256, 352]},
+    "agent_pvt_tiny": {"model_kwargs": {**ONE_BLOCK, "dynamic_img_size": True, "agent_grid": [4, 5, 7, 7]}},
+    "agent_swin_tiny": {"model_kwargs": {**ONE_BLOCK, "dynamic_img_size": True, "agent_grid": [4, 5, 7, 7]}},
     "davit_tiny": {"model_kwargs": ONE_BLOCK, "graft": {"mixer": "dual"}},
     "focalnet_tiny_srf": {"graft": {"mixer": "focal"}},  # timm fixes FocalNet's depths
 }
@@ -145,7 +146,8 @@ def test_semantic_fpn_decoder_trains():
 
 def test_fixed_size_backbone_pads_inputs_and_refuses_larger_ones():
     torch.manual_seed(0)
-    task = SegmentationTask(backbone="agent_pvt_tiny", **HIERARCHICAL["agent_pvt_tiny"], num_classes=3).eval()
+    task = SegmentationTask(backbone="agent_pvt_tiny", model_kwargs=ONE_BLOCK, input_size=[256, 352], num_classes=3)
+    task.eval()
     agents = [m for m in task.modules() if isinstance(m, AgentAttention)]
     assert agents[0].window_size == (64, 88)  # built for 256x352
     with torch.no_grad():

@@ -168,6 +168,42 @@ def test_pretrained_weights_fit_another_input_size(tmp_path, fixture, to_kwargs)
         assert torch.isfinite(model(torch.randn(1, 3, 320, 448))).all()
 
 
+@pytest.mark.parametrize(
+    "fixture,to_kwargs",
+    [("agent_swin_t_reduced.pt", "swin_config_to_kwargs"), ("agent_pvt_t_reduced.pt", "pvt_config_to_kwargs")],
+)
+def test_dynamic_img_size_keeps_the_authors_logits_and_takes_any_size(tmp_path, fixture, to_kwargs):
+    """The dense-backbone mode: exact at the built size, and every agent block global at another size."""
+    fx = load_fixture(fixture)
+    path = tmp_path / fixture
+    torch.save({"model": fx["state_dict"]}, path)
+    kwargs = {**getattr(attnzoo.agent, to_kwargs)(dict(fx["config"])), "dynamic_img_size": True}
+    overlay = dict(file=str(path), num_classes=10)
+    model = timm.create_model(fx["entrypoint"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+    maps = []
+    for module in model.modules():
+        if isinstance(module, AgentAttention):
+            module.register_forward_pre_hook(lambda m, args: maps.append(tuple(args[0].shape[1:3])))
+    with torch.no_grad():
+        torch.testing.assert_close(model(fx["input"]), fx["logits"], atol=1e-4, rtol=1e-4)
+        maps.clear()
+        assert torch.isfinite(model(torch.randn(1, 3, 160, 288))).all()
+    stage_maps = {(40, 72), (20, 36), (10, 18), (5, 9)}
+    assert maps and set(maps) <= stage_maps  # whole stage maps: no windows, no padding
+
+
+def test_agent_grid_pools_more_agents_with_the_imagenet_parameters():
+    small = timm.create_model("agent_pvt_tiny", depths=[1, 1, 1, 1])
+    dense = timm.create_model("agent_pvt_tiny", depths=[1, 1, 1, 1], dynamic_img_size=True, agent_grid=[4, 5, 7, 7])
+    dense.load_state_dict(small.state_dict())  # same parameters: the tables are resampled per call
+    grids = [m.agent_grid for m in dense.modules() if isinstance(m, AgentAttention)]
+    assert grids == [(4, 4), (5, 5), (7, 7), (7, 7)]
+    with torch.no_grad():
+        assert dense(torch.randn(1, 3, 192, 256)).shape == (1, 1000)
+    with pytest.raises(ValueError, match="agent_grid must give one grid"):
+        timm.create_model("agent_swin_tiny", agent_grid=[9, 12])
+
+
 def test_resizing_a_constant_bias_keeps_it_constant():
     small, large = (timm.create_model("agent_pvt_tiny", depths=[1, 1, 1, 1], img_size=s) for s in (224, 288))
     state = {
