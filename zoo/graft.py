@@ -256,14 +256,37 @@ def _same_weight_shape(a: torch.Size, b: torch.Size) -> bool:
     return a == b or [d for d in a if d != 1] == [d for d in b if d != 1] and a[:2] == b[:2]
 
 
+def _fit_kernel(value: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """A conv kernel of another odd size, zero-padded or cropped around its centre to ``shape``; else ``None``.
+
+    FocalNet's rule for fine-tuning with larger focal windows: with "same" padding, a centred zero-padded kernel
+    computes exactly what the small one did.
+    """
+    if value.dim() != 4 or value.shape[:2] != shape[:2] or value.shape == shape:
+        return None
+    if any(size % 2 == 0 for size in (*value.shape[2:], *shape[2:])):
+        return None
+    out = value.new_zeros(shape)
+    (kh, kw), (nh, nw) = value.shape[2:], shape[2:]
+    h, w = min(kh, nh), min(kw, nw)
+    out[..., (nh - h) // 2 : (nh + h) // 2, (nw - w) // 2 : (nw + w) // 2] = value[
+        ..., (kh - h) // 2 : (kh + h) // 2, (kw - w) // 2 : (kw + w) // 2
+    ]
+    return out
+
+
 def _carry_over(old: nn.Module, new: nn.Module) -> list[str]:
-    """Copy the old module's tensors into the mixer wherever name and shape agree; return the names copied."""
+    """Copy the old module's tensors into the mixer wherever name and shape agree, conv kernels of another odd
+    size centre-padded or cropped (:func:`_fit_kernel`); return the names copied."""
     new_state = new.state_dict()
-    shared = {
-        key: value.reshape(new_state[key].shape)
-        for key, value in old.state_dict().items()
-        if key in new_state and _same_weight_shape(value.shape, new_state[key].shape)
-    }
+    shared = {}
+    for key, value in old.state_dict().items():
+        if key not in new_state:
+            continue
+        if _same_weight_shape(value.shape, new_state[key].shape):
+            shared[key] = value.reshape(new_state[key].shape)
+        elif (fitted := _fit_kernel(value, new_state[key].shape)) is not None:
+            shared[key] = fitted
     new.load_state_dict(shared, strict=False)
     return sorted(shared)
 
@@ -292,7 +315,8 @@ def graft(
         mixer: a :data:`attnzoo.blocks.MIXERS` name.
         stages: stage indices (ViT/DeiT have one stage, 0); ``None`` for all.
         blocks: block indices within each chosen stage (negative counts from the end); ``None`` for all.
-        carry_over: copy the old module's parameters the mixer shares by name and shape.
+        carry_over: copy the old module's parameters the mixer shares by name and shape (conv kernels of another
+            odd size centre-padded with zeros or cropped: FocalNet's larger dense-task focal windows).
         **mixer_kwargs: the mixer's own arguments; they override what the host implies (window sizes,
             number of prefix tokens, FocalNet's focal levels).
     """

@@ -171,15 +171,22 @@ def test_grafted_mixer_keeps_timm_outputs(name):
         torch.testing.assert_close(grafted(x), plain(x))
 
 
-def test_pretrained_weights_load_into_a_grafted_encoder(tmp_path):
+@pytest.mark.parametrize(
+    "name,model_kwargs,graft",
+    [
+        ("davit_tiny", ONE_BLOCK, {"mixer": "dual"}),
+        ("focalnet_tiny_srf", {}, {"mixer": "focal", "focal_window": 9}),  # kernels 3/5 -> 9/11, zero-padded
+    ],
+)
+def test_pretrained_weights_load_into_a_grafted_encoder(tmp_path, name, model_kwargs, graft):
     torch.manual_seed(0)
-    source = timm.create_model("davit_tiny", **ONE_BLOCK).eval()
-    path = tmp_path / "davit.pth"
+    source = timm.create_model(name, **model_kwargs).eval()
+    path = tmp_path / f"{name}.pth"
     torch.save(source.state_dict(), path)
     task = SegmentationTask(
-        backbone="davit_tiny",
-        model_kwargs={**ONE_BLOCK, "pretrained_cfg_overlay": {"file": str(path)}},
-        graft={"mixer": "dual"},
+        backbone=name,
+        model_kwargs={**model_kwargs, "pretrained_cfg_overlay": {"file": str(path)}},
+        graft=graft,
         pretrained=True,
         num_classes=3,
     ).eval()

@@ -29,6 +29,27 @@ def test_our_blocks_reproduce_timms_davit_and_focalnet(name, mixer):
     assert expected.std() > 0.1  # the logits are not trivially constant
 
 
+def test_larger_focal_windows_start_from_centre_padded_kernels():
+    """FocalNet's dense fine-tuning (focal window 9): the 3/5 kernels zero-padded to 9/11 compute the same logits."""
+    torch.manual_seed(0)
+    model = timm.create_model("focalnet_tiny_srf", num_classes=10).eval()
+    for p in model.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    grafted = attnzoo.graft(copy.deepcopy(model), "focal", focal_window=9)
+    old = dict(model.named_parameters())["layers.0.blocks.0.modulation.focal_layers.1.0.weight"]
+    new = dict(grafted.named_parameters())["layers.0.blocks.0.modulation.mixer.focal_layers.1.0.weight"]
+    assert old.shape[-1] == 5 and new.shape[-1] == 11
+    assert torch.equal(new[..., 3:8, 3:8], old)
+    ring = new.detach().clone()
+    ring[..., 3:8, 3:8] = 0
+    assert not ring.any()  # zeros around the centre
+    with torch.no_grad():
+        torch.testing.assert_close(grafted(image()), model(image()), atol=1e-4, rtol=1e-4)
+    smaller = attnzoo.graft(copy.deepcopy(model), "focal", focal_window=1)  # kernels 1 and 3: centre crops
+    cropped = dict(smaller.named_parameters())["layers.0.blocks.0.modulation.mixer.focal_layers.1.0.weight"]
+    assert torch.equal(cropped, old[..., 1:4, 1:4])
+
+
 def test_without_carry_over_the_logits_differ():
     torch.manual_seed(0)
     model = timm.create_model("davit_tiny", num_classes=10).eval()
