@@ -35,14 +35,15 @@ def backbone_kwargs(
     return kwargs
 
 
-def check_strides(backbone: str, strides: tuple[int, ...], model_kwargs: dict[str, Any]) -> list[int]:
+def check_strides(backbone: str, strides: tuple[int, ...], model_kwargs: dict[str, Any], hint: str = "") -> list[int]:
     """The backbone's ``features_only`` strides (probed on the meta device: no memory, no weights); a
     ``ValueError`` naming ``backbone`` when some of ``strides`` are missing (plain ViTs have only 16)."""
     with torch.device("meta"):
         reductions = timm.create_model(backbone, features_only=True, **model_kwargs).feature_info.reduction()
     missing = [s for s in strides if s not in reductions]
     if missing:
-        raise ValueError(f"backbone: {backbone!r} has no feature maps at strides {missing} (it has {reductions})")
+        hint = f"; {hint}" if hint else ""
+        raise ValueError(f"backbone: {backbone!r} has no feature maps at strides {missing} (it has {reductions}){hint}")
     return reductions
 
 

@@ -6,9 +6,10 @@
   a resize with kept aspect for evaluation. ``reduce_zero_label`` maps ADE20K's "unlabelled" 0 to the
   ignore index 255 and shifts the classes down by one, as every ADE20K recipe does.
 * :class:`SegmentationTask` builds ``smp.UPerNet(encoder_name="tu-<backbone>")`` (or ``smp.FPN``, the
-  Semantic FPN head that LITv2, QuadTree and Agent-PVT report): smp's universal timm encoder asks timm for
-  ``features_only`` maps (strides 4-32), so the decoder is smp's, not hand-written, and ``model_kwargs``
-  reach ``timm.create_model``. Cross-entropy with the ignore index; metrics are
+  Semantic FPN head that LITv2, QuadTree and Agent-PVT report; or ``smp.DPT`` for plain ViTs such as Agent-DeiT
+  and Sparsifiner): smp's universal timm encoder asks timm for ``features_only`` maps (strides 4-32; DPT reads
+  ``forward_intermediates``), so the decoder is smp's, not hand-written, and ``model_kwargs`` reach
+  ``timm.create_model``. Cross-entropy with the ignore index; metrics are
   torchmetrics' ``MulticlassJaccardIndex(ignore_index=255)`` (mIoU over the classes present, as mmseg
   reports it) and micro-averaged pixel accuracy (mmseg's ``aAcc``). Evaluation runs on whole images
   (padded to a multiple of 32) or with a sliding window (``inference="slide"``, mmseg's ``mode='slide'``).
@@ -59,7 +60,7 @@ from .synthetic import write_ade_shapes
 __all__ = ["SegFolderData", "SegmentationTask", "check_backbone", "dense_optimizer"]
 
 IGNORE_INDEX = 255
-DECODERS = ("upernet", "fpn")
+DECODERS = ("upernet", "fpn", "dpt")
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -330,11 +331,13 @@ class SegmentationTask(LightningModule):
         backbone: a timm model name with ``features_only`` strides 4-32 (every attnzoo family, ResNets...).
         model_kwargs: more ``timm.create_model`` arguments for the backbone (``embed_dim``, ``depths``...).
         decoder: ``upernet`` (smp's ``UPerNet``, mmseg's UPerHead) or ``fpn`` (smp's ``FPN``: mmseg's Semantic FPN,
-            pyramid width ``decoder_channels`` and a head of half that; GroupNorm where mmseg has SyncBN).
+            pyramid width ``decoder_channels`` and a head of half that; GroupNorm where mmseg has SyncBN), or ``dpt``
+            (smp's ``DPT``, fusion width ``decoder_channels``: the decoder for plain ViTs, which have one stride).
         num_classes: output classes (the CLI links it from the data module).
         pretrained: start the backbone from timm's registered weights (loaded at ``setup``, not when a checkpoint
             is being restored).
-        decoder_channels: UPerNet's width (mmseg's UPerHead: 512) or the FPN's (Semantic FPN: 256, a multiple of 64).
+        decoder_channels: UPerNet's width (mmseg's UPerHead: 512), the FPN's (Semantic FPN: 256, a multiple of 64) or
+            DPT's fusion width (256).
         drop_path_rate: the backbone's stochastic depth.
         graft: run an attnzoo mixer inside the backbone: :func:`attnzoo.graft`'s arguments as a dict
             (``{mixer: focal}`` in timm's FocalNet); the pretrained weights are carried over.
@@ -398,7 +401,8 @@ class SegmentationTask(LightningModule):
             raise ValueError(f"slide_crop {list(self.slide_crop)} is larger than input_size {list(self.input_size)}")
         self.num_classes = int(num_classes)
         self._create_kwargs = backbone_kwargs(model_kwargs, drop_path_rate, self.input_size)
-        check_strides(backbone, (4, 8, 16, 32), self._create_kwargs)  # smp's own error would not say which
+        if decoder != "dpt":  # smp's own error would not say which strides are missing
+            check_strides(backbone, (4, 8, 16, 32), self._create_kwargs, "plain ViTs need decoder: dpt")
         self.model = self._build(pretrained=False)
         self.loss = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         metrics = MetricCollection(
@@ -418,7 +422,9 @@ class SegmentationTask(LightningModule):
             classes=self.num_classes,
             **self._create_kwargs,
         )
-        if hp.decoder == "fpn":  # mmseg's FPNHead: 128 channels over a 256-wide FPN, dropout 0.1
+        if hp.decoder == "dpt":
+            model = smp.DPT(decoder_fusion_channels=hp.decoder_channels, **common)
+        elif hp.decoder == "fpn":  # mmseg's FPNHead: 128 channels over a 256-wide FPN, dropout 0.1
             model = smp.FPN(
                 decoder_pyramid_channels=hp.decoder_channels,
                 decoder_segmentation_channels=hp.decoder_channels // 2,

@@ -128,8 +128,27 @@ def test_every_hierarchical_family_under_upernet_at_250x330(name):
 
 @pytest.mark.parametrize("name", ["agent_deit_tiny", "sparsifiner_deit_small"])
 def test_plain_vits_are_refused_by_name(name):
-    with pytest.raises(ValueError, match="backbone: .* no feature maps at strides"):
+    with pytest.raises(ValueError, match="backbone: .* no feature maps at strides .*plain ViTs need decoder: dpt"):
         SegmentationTask(backbone=name, num_classes=3)
+
+
+@pytest.mark.parametrize("name", ["agent_deit_tiny", "sparsifiner_deit_small"])
+def test_plain_vits_segment_with_dpt(name):
+    torch.manual_seed(0)
+    task = SegmentationTask(
+        backbone=name,
+        decoder="dpt",
+        decoder_channels=32,
+        input_size=[128, 128],
+        num_classes=3,
+    )
+    assert type(task.model).__name__ == "DPT"
+    images, masks = torch.randn(2, 3, 100, 120), torch.randint(0, 3, (2, 100, 120))
+    logits = task(images)  # padded to the 128x128 the ViT was built for, cropped back
+    assert logits.shape == (2, 3, 100, 120)
+    loss = task.loss(logits, masks)
+    loss.backward()
+    assert torch.isfinite(loss) and next(task.model.encoder.parameters()).grad.abs().sum() > 0
 
 
 def test_semantic_fpn_decoder_trains():
