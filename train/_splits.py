@@ -1,4 +1,4 @@
-"""The split bookkeeping and loaders the dense-prediction data modules (COCO, ADE-style folders) share."""
+"""The split bookkeeping and loaders attnzoo's data modules share (ImageFolder trees, COCO, ADE-style folders)."""
 
 from __future__ import annotations
 
@@ -8,39 +8,43 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+# the datasets each Lightning stage needs, by key
+STAGE_KEYS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
 
 class SplitDataModule(LightningDataModule):
-    """Builds each split's dataset once (``_dataset(split, training)``) and its loader with ``collate_fn``.
+    """Builds each split's dataset once (``_dataset(split, what, training)``) and its loader.
 
-    Subclasses set ``collate_fn`` and implement ``_dataset``; their hparams hold ``train_split``,
-    ``val_split``, ``test_split``, ``batch_size``, ``eval_batch_size`` and ``num_workers``.
+    ``what`` is the argument that named the split (``train_split``...), for error messages. Subclasses implement
+    ``_dataset``, may set ``collate_fn`` and extend :meth:`split_names` and :meth:`loader_kwargs`; their hparams
+    hold ``train_split``, ``val_split``, ``test_split``, ``batch_size``, ``eval_batch_size`` and ``num_workers``.
     """
 
-    collate_fn: Callable[[list], Any]
+    collate_fn: Callable[[list], Any] | None = None
 
     def __init__(self):
         super().__init__()
         self.datasets: dict[str, Any] = {}
 
-    def _dataset(self, split: str, training: bool) -> Any:
+    def _dataset(self, split: str, what: str, training: bool) -> Any:
         raise NotImplementedError
 
-    def setup(self, stage: str) -> None:
+    def split_names(self) -> dict[str, str]:
+        """The folder of each dataset key; test and predict fall back to the validation split."""
         hp = self.hparams
-        splits = {
-            "fit": [("train", hp.train_split), ("val", hp.val_split)],
-            "validate": [("val", hp.val_split)],
-            "test": [("test", hp.test_split or hp.val_split)],
-            "predict": [("predict", hp.test_split or hp.val_split)],
-        }[stage]
-        for key, split in splits:
-            if key not in self.datasets:
-                self.datasets[key] = self._dataset(split, training=key == "train")
+        evaluation = hp.test_split or hp.val_split
+        return {"train": hp.train_split, "val": hp.val_split, "test": evaluation, "predict": evaluation}
 
-    def _loader(self, key: str, training: bool) -> DataLoader:
+    def setup(self, stage: str) -> None:
+        names = self.split_names()
+        for key in STAGE_KEYS[stage]:
+            if key not in self.datasets:
+                self.datasets[key] = self._dataset(names[key], f"{key}_split", training=key == "train")
+
+    def loader_kwargs(self, training: bool) -> dict[str, Any]:
+        """``DataLoader`` arguments; training batches are shuffled and even (a ragged last batch adds noise to BN)."""
         hp = self.hparams
-        return DataLoader(
-            self.datasets[key],
+        return dict(
             batch_size=hp.batch_size if training else (hp.eval_batch_size or hp.batch_size),
             shuffle=training,
             drop_last=training,
@@ -48,6 +52,9 @@ class SplitDataModule(LightningDataModule):
             collate_fn=type(self).collate_fn,
             persistent_workers=hp.num_workers > 0,
         )
+
+    def _loader(self, key: str, training: bool) -> DataLoader:
+        return DataLoader(self.datasets[key], **self.loader_kwargs(training))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import ImageDataset, create_transform, resolve_data_config
 from timm.utils.misc import natural_key
-from torch.utils.data import DataLoader
+
+from ._splits import SplitDataModule
 
 __all__ = ["ImageFolderData"]
 
@@ -39,7 +39,7 @@ def _class_folders(folder: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
 
 
-class ImageFolderData(LightningDataModule):
+class ImageFolderData(SplitDataModule):
     """Train/validation/test/predict splits of an image-folder tree, loaded with timm's transforms.
 
     Args:
@@ -113,7 +113,6 @@ class ImageFolderData(LightningDataModule):
         self.save_hyperparameters(ignore=["num_classes"])
         self.data_config: dict[str, Any] | None = None
         self.class_to_idx: dict[str, int] | None = None
-        self.datasets: dict[str, ImageDataset] = {}
 
     # --- preprocessing ----------------------------------------------------------------------------
     def _model_pretrained_cfg(self) -> dict[str, Any]:
@@ -185,37 +184,17 @@ class ImageFolderData(LightningDataModule):
                     f"{len(classes)} class folders"
                 )
             self.class_to_idx = {name: index for index, name in enumerate(classes)}
-        splits = {
-            "fit": [("train", hp.train_split, "train_split"), ("val", hp.val_split, "val_split")],
-            "validate": [("val", hp.val_split, "val_split")],
-            "test": [("test", hp.test_split or hp.val_split, "test_split")],
-            "predict": [("predict", hp.predict_split or hp.val_split, "predict_split")],
-        }[stage]
-        for key, split, what in splits:
-            if key not in self.datasets:
-                self.datasets[key] = self._dataset(split, what, training=key == "train")
+        super().setup(stage)
+
+    def split_names(self) -> dict[str, str]:
+        hp = self.hparams
+        return {**super().split_names(), "predict": hp.predict_split or hp.val_split}
 
     # --- loaders ----------------------------------------------------------------------------------
-    def _loader(self, key: str, training: bool) -> DataLoader:
+    def loader_kwargs(self, training: bool) -> dict[str, Any]:
         hp = self.hparams
-        return DataLoader(
-            self.datasets[key],
-            batch_size=hp.batch_size if training else (hp.eval_batch_size or hp.batch_size),
-            shuffle=training,
-            drop_last=training,  # Mixup/CutMix need even batches; a ragged last batch adds noise to BN
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory and torch.cuda.is_available(),
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", training=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", training=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", training=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", training=False)
+        return {  # even training batches also suit Mixup/CutMix
+            **super().loader_kwargs(training),
+            "pin_memory": hp.pin_memory and torch.cuda.is_available(),
+            "persistent_workers": hp.persistent_workers and hp.num_workers > 0,
+        }

@@ -181,11 +181,11 @@ class CocoData(SplitDataModule):
             write_coco_shapes(self.root)
             rank_zero_info(f"wrote the synthetic COCO shapes set to {self.root}")
 
-    def _dataset(self, split: str, training: bool):
+    def _dataset(self, split: str, what: str, training: bool):
         hp = self.hparams
         images, ann = self.root / split, self.ann_path(split)
         if not images.is_dir():
-            raise FileNotFoundError(f"no image folder {str(images)!r} (train_split/val_split/test_split)")
+            raise FileNotFoundError(f"{what}: no image folder {str(images)!r}")
         if not ann.is_file():
             raise FileNotFoundError(f"ann_file: no such file {str(ann)!r}")
         if self.category_to_label is None:

@@ -169,11 +169,11 @@ class _RescaleKeepRatio:
 class _SegDataset(Dataset):
     """Image / label-map pairs matched by file stem; ``transform(image, mask)`` gets tv_tensors."""
 
-    def __init__(self, images: Path, annotations: Path, reduce_zero_label: bool, transform):
+    def __init__(self, images: Path, annotations: Path, reduce_zero_label: bool, transform, what: str):
         if not images.is_dir():
-            raise FileNotFoundError(f"no image folder {str(images)!r}")
+            raise FileNotFoundError(f"{what}: no image folder {str(images)!r}")
         if not annotations.is_dir():
-            raise FileNotFoundError(f"no annotation folder {str(annotations)!r}")
+            raise FileNotFoundError(f"{what}: no annotation folder {str(annotations)!r}")
         labels = {p.stem: p for p in annotations.iterdir() if p.suffix.lower() == ".png"}
         self.items = []
         for path in sorted(images.iterdir()):
@@ -308,13 +308,13 @@ class SegFolderData(SplitDataModule):
             write_ade_shapes(self.root)
             rank_zero_info(f"wrote the synthetic ADE-style shapes set to {self.root}")
 
-    def _dataset(self, split: str, training: bool) -> _SegDataset:
+    def _dataset(self, split: str, what: str, training: bool) -> _SegDataset:
         hp = self.hparams
         pipeline = _Pipeline(
             self.scale, hp.ratio_range, self.crop_size, hp.hflip, hp.color_jitter, hp.mean, hp.std, training
         )
         return _SegDataset(
-            self.root / "images" / split, self.root / "annotations" / split, hp.reduce_zero_label, pipeline
+            self.root / "images" / split, self.root / "annotations" / split, hp.reduce_zero_label, pipeline, what
         )
 
     def setup(self, stage: str) -> None:
