@@ -9,13 +9,17 @@ import torch
 import yaml
 
 import attnzoo
-from attnzoo.train import ClassificationTask
+from attnzoo.train import ClassificationTask, CocoData, DetectionTask, SegFolderData, SegmentationTask
 from attnzoo.train.cli import build_cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-# the detection/segmentation recipes and demos are checked by test_detection.py / test_segmentation.py
-DENSE = {"detection", "segmentation"}
-ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name not in DENSE and p.stem not in DENSE)
+# the detection/segmentation recipes and demos: (task, data module, checkpoint monitors they may choose)
+DENSE = {
+    "detection": (DetectionTask, CocoData, {"val/map", "val/map_50"}),
+    "segmentation": (SegmentationTask, SegFolderData, {"val/miou"}),
+}
+DENSE_ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name in DENSE or p.stem in DENSE)
+ALL = sorted(p for p in CONFIGS.rglob("*.yaml") if p not in DENSE_ALL)
 CLASSIFICATION = CONFIGS / "classification"
 # The recipes ask for 8 GPUs and mixed precision; the dry instantiation runs them on this CPU.
 ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.precision=32-true"]
@@ -58,3 +62,16 @@ def test_config_instantiates(path):
     assert cli.model.num_classes == cli.datamodule.num_classes  # linked
     assert sum(p.numel() for p in cli.model.model.parameters()) > 0
     assert cli.trainer.checkpoint_callback.dirpath.endswith("checkpoints")
+
+
+@pytest.mark.parametrize("path", DENSE_ALL, ids=[str(p.relative_to(CONFIGS)) for p in DENSE_ALL])
+def test_dense_config_cites_its_source_and_instantiates(path, tmp_path):
+    task, data, monitors = DENSE[path.parent.name if path.parent.name in DENSE else path.stem]
+    header = [line for line in path.read_text().split("\n")[:12] if line.startswith("#")]
+    assert any(line.startswith("# Source: ") for line in header), "cite the recipe's source in the top comment"
+    with torch.device("meta"):
+        cli = build_cli(["--config", str(path), *ON_CPU, f"--data.root={tmp_path}"], run=False)
+    assert isinstance(cli.model, task) and isinstance(cli.datamodule, data)
+    assert cli.model.num_classes == cli.datamodule.num_classes  # linked
+    assert cli.trainer.checkpoint_callback.monitor in monitors
+    assert not any(tmp_path.iterdir())  # nothing written or downloaded at instantiation
