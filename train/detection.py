@@ -50,6 +50,7 @@ from ._backbone import (
     backbone_kwargs,
     check_graft,
     check_input_size,
+    check_strides,
     load_pretrained_once,
     pad_to_input_size,
 )
@@ -273,18 +274,11 @@ class TimmFPN(nn.Module):
         super().__init__()
         self.input_size = input_size
         model_kwargs = backbone_kwargs(model_kwargs, None, input_size)
-        probe = timm.create_model(backbone, features_only=True, pretrained=False, **model_kwargs)
-        reductions = probe.feature_info.reduction()
-        missing = [s for s in strides if s not in reductions]
-        if missing:
-            raise ValueError(f"backbone: {backbone!r} has no feature maps at strides {missing} (it has {reductions})")
-        out_indices = tuple(reductions.index(s) for s in strides)
-        if out_indices == tuple(range(len(reductions))) and not pretrained:
-            self.body = probe
-        else:  # rebuild with only the maps the FPN uses: no unused parameters (DDP), weights if asked
-            self.body = timm.create_model(
-                backbone, features_only=True, out_indices=out_indices, pretrained=pretrained, **model_kwargs
-            )
+        reductions = check_strides(backbone, strides, model_kwargs, "torchvision has no pyramid for plain ViTs")
+        out_indices = tuple(reductions.index(s) for s in strides)  # only the maps the FPN uses: none unused (DDP)
+        self.body = timm.create_model(
+            backbone, features_only=True, out_indices=out_indices, pretrained=pretrained, **model_kwargs
+        )
         apply_graft(self.body, graft)
         self.strides = strides
         self.channels_last = str(getattr(self.body, "output_fmt", "NCHW")).endswith("NHWC")
@@ -384,7 +378,8 @@ class DetectionTask(LightningModule):
         self.num_classes = int(num_classes)
         extra = "p6p7" if detector == "retinanet" else "pool"
         self._fpn_args = (backbone, DETECTOR_STRIDES[detector], fpn_channels, extra)
-        self._create_kwargs = dict(backbone_kwargs(model_kwargs, drop_path_rate, size), graft=graft, input_size=size)
+        # TimmFPN itself turns input_size into the backbone's img_size
+        self._create_kwargs = dict(backbone_kwargs(model_kwargs, drop_path_rate, None), graft=graft, input_size=size)
         fpn = TimmFPN(*self._fpn_args, pretrained=False, **self._create_kwargs)
         det_kwargs = dict(detector_kwargs or {})
         if anchor_sizes is not None:
