@@ -126,34 +126,35 @@ def test_fixtures_are_sensitive_to_a_corrupted_parameter(fixture, key, corrupt):
         assert (model(fx["input"]) - fx["logits"]).abs().max() > 1e-3
 
 
+CONFIG_TO_KWARGS = {
+    "agent_swin_t_reduced.pt": "swin_config_to_kwargs",
+    "agent_pvt_t_reduced.pt": "pvt_config_to_kwargs",
+}
+
+
+def from_authors_file(tmp_path, fixture, **overrides):
+    """(fixture, model) built through timm's own pretrained path from the fixture's authors'-layout checkpoint."""
+    fx = load_fixture(fixture)
+    path = tmp_path / fixture
+    if not path.exists():
+        torch.save({"model": fx["state_dict"]}, path)
+    kwargs = {**getattr(attnzoo.agent, CONFIG_TO_KWARGS[fixture])(dict(fx["config"])), **overrides}
+    overlay = dict(file=str(path), num_classes=10)
+    return fx, timm.create_model(fx["entrypoint"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+
+
 def test_pretrained_loading_through_timm_applies_the_converter(tmp_path):
     """timm's own pretrained path (here a local file) loads an authors' checkpoint through our filter."""
-    fx = load_fixture("agent_swin_t_reduced.pt")
-    path = tmp_path / "agent_swin_t_reduced.pth"
-    torch.save({"model": fx["state_dict"]}, path)
-    kwargs = attnzoo.agent.swin_config_to_kwargs(dict(fx["config"]))
-    model = timm.create_model(
-        fx["entrypoint"], pretrained=True, pretrained_cfg_overlay=dict(file=str(path), num_classes=10), **kwargs
-    )
+    fx, model = from_authors_file(tmp_path, "agent_swin_t_reduced.pt")
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(fx["input"]), fx["logits"], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize(
-    "fixture,to_kwargs",
-    [("agent_swin_t_reduced.pt", "swin_config_to_kwargs"), ("agent_pvt_t_reduced.pt", "pvt_config_to_kwargs")],
-)
-def test_pretrained_weights_fit_another_input_size(tmp_path, fixture, to_kwargs):
+@pytest.mark.parametrize("fixture", sorted(CONFIG_TO_KWARGS))
+def test_pretrained_weights_fit_another_input_size(tmp_path, fixture):
     """A 224 checkpoint fine-tunes at 320x448 (dense tasks): size-dependent tensors are resized, the rest kept."""
-    fx = load_fixture(fixture)
-    path = tmp_path / fixture
-    torch.save({"model": fx["state_dict"]}, path)
-    kwargs = {**getattr(attnzoo.agent, to_kwargs)(dict(fx["config"])), "img_size": (320, 448)}
-    overlay = dict(file=str(path), num_classes=10)
-    model = timm.create_model(fx["entrypoint"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
-    at_224 = timm.create_model(
-        fx["entrypoint"], pretrained=True, pretrained_cfg_overlay=overlay, **{**kwargs, "img_size": 224}
-    ).state_dict()
+    _, model = from_authors_file(tmp_path, fixture, img_size=(320, 448))
+    at_224 = from_authors_file(tmp_path, fixture, img_size=224)[1].state_dict()
     resized = 0
     for key, value in model.state_dict().items():
         if value.shape == at_224[key].shape:
@@ -168,18 +169,10 @@ def test_pretrained_weights_fit_another_input_size(tmp_path, fixture, to_kwargs)
         assert torch.isfinite(model(torch.randn(1, 3, 320, 448))).all()
 
 
-@pytest.mark.parametrize(
-    "fixture,to_kwargs",
-    [("agent_swin_t_reduced.pt", "swin_config_to_kwargs"), ("agent_pvt_t_reduced.pt", "pvt_config_to_kwargs")],
-)
-def test_dynamic_img_size_keeps_the_authors_logits_and_takes_any_size(tmp_path, fixture, to_kwargs):
+@pytest.mark.parametrize("fixture", sorted(CONFIG_TO_KWARGS))
+def test_dynamic_img_size_keeps_the_authors_logits_and_takes_any_size(tmp_path, fixture):
     """The dense-backbone mode: exact at the built size, and every agent block global at another size."""
-    fx = load_fixture(fixture)
-    path = tmp_path / fixture
-    torch.save({"model": fx["state_dict"]}, path)
-    kwargs = {**getattr(attnzoo.agent, to_kwargs)(dict(fx["config"])), "dynamic_img_size": True}
-    overlay = dict(file=str(path), num_classes=10)
-    model = timm.create_model(fx["entrypoint"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
+    fx, model = from_authors_file(tmp_path, fixture, dynamic_img_size=True)
     maps = []
     for module in model.modules():
         if isinstance(module, AgentAttention):
