@@ -27,6 +27,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._dispatch import register
+from ._launch import Launch
 
 try:
     import triton
@@ -61,7 +62,7 @@ if triton is not None:
     @triton.jit
     def _gather_attention_fwd(
         Q, K, V, Index, Out, Lse,
-        scale, n_heads, n_queries, keys_per_query, head_dim, head_dim_v,
+        scale, n_heads, n_queries, n_keys, keys_per_query, head_dim, head_dim_v,
         stride_qb, stride_qh, stride_qn, stride_qd,
         stride_kb, stride_kh, stride_kn, stride_kd,
         stride_vb, stride_vh, stride_vn, stride_vd,
@@ -93,6 +94,7 @@ if triton is not None:
             slot_ok = slots < keys_per_query
             listed = query_ok[:, None] & slot_ok[None, :]
             rows = tl.load(i_base + queries[:, None] * stride_in + slots[None, :] * stride_ik, mask=listed, other=0)
+            listed = listed & (rows >= 0) & (rows < n_keys)  # never read outside k/v, whatever the index holds
             keys = _gather_rows(k_base, rows, stride_kn, dims, stride_kd, listed[:, :, None] & dim_ok[None, None, :])
             # padding slots get -inf so they vanish from the softmax; padding queries keep finite garbage
             logits = tl.where(slot_ok[None, :], tl.sum(q[:, None, :] * keys, axis=2), float("-inf"))
@@ -150,6 +152,7 @@ if triton is not None:
             slots = start + tl.arange(0, BLOCK_K)
             listed = query_ok[:, None] & (slots < keys_per_query)[None, :]
             rows = tl.load(i_base + queries[:, None] * stride_in + slots[None, :] * stride_ik, mask=listed, other=0)
+            listed = listed & (rows >= 0) & (rows < n_keys)  # never read or write outside k/v
             k_mask = listed[:, :, None] & dim_ok[None, None, :]
             v_mask = listed[:, :, None] & dim_v_ok[None, None, :]
             keys = _gather_rows(k_base, rows, stride_kn, dims, stride_kd, k_mask)
@@ -177,37 +180,68 @@ def _blocks(keys_per_query: int, head_dim: int, head_dim_v: int) -> dict[str, in
     return dict(BLOCK_M=_BLOCK_M, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_DV=block_dv)
 
 
-def _forward(q, k, v, index, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_launch(q, k, v, index, out, lse, scale: float) -> Launch:
     batch, heads, n_queries, head_dim = q.shape
-    head_dim_v, keys_per_query = v.shape[-1], index.shape[-1]
-    out = torch.empty(batch, heads, n_queries, head_dim_v, dtype=q.dtype, device=q.device)
-    lse = torch.empty(batch, heads, n_queries, dtype=torch.float32, device=q.device)
-    if out.numel() == 0:
-        return out, lse
+    n_keys, head_dim_v, keys_per_query = k.shape[2], v.shape[-1], index.shape[-1]
     grid = (triton.cdiv(n_queries, _BLOCK_M), batch * heads)
-    _gather_attention_fwd[grid](
+    args = (
         q, k, v, index, out, lse,
-        scale, heads, n_queries, keys_per_query, head_dim, head_dim_v,
+        scale, heads, n_queries, n_keys, keys_per_query, head_dim, head_dim_v,
         *q.stride(), *k.stride(), *v.stride(), *index.stride(),
-        **_blocks(keys_per_query, head_dim, head_dim_v), num_warps=_NUM_WARPS,
     )  # fmt: skip
+    meta = dict(**_blocks(keys_per_query, head_dim, head_dim_v), num_warps=_NUM_WARPS)
+    return Launch("gather forward", _gather_attention_fwd, grid, args, meta)
+
+
+def backward_launch(q, k, v, index, out, lse, grad_out, grad_q, grad_k, grad_v, scale: float) -> Launch:
+    batch, heads, n_queries, head_dim = q.shape
+    n_keys, head_dim_v, keys_per_query = k.shape[2], v.shape[-1], index.shape[-1]
+    grid = (triton.cdiv(n_queries, _BLOCK_M), batch * heads)
+    args = (
+        q, k, v, index, out, grad_out, lse, grad_q, grad_k, grad_v,
+        scale, heads, n_queries, n_keys, keys_per_query, head_dim, head_dim_v,
+        *q.stride(), *k.stride(), *v.stride(), *index.stride(), *grad_out.stride(),
+    )  # fmt: skip
+    meta = dict(**_blocks(keys_per_query, head_dim, head_dim_v), num_warps=_NUM_WARPS)
+    return Launch("gather backward", _gather_attention_bwd, grid, args, meta)
+
+
+PTX_SHAPES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "quadtree": (64, 1, 56 * 56, 56 * 56, 8 * 4, 32),  # QuadTree-B stage 1: 4 children of the top-8 parents
+    "sparsifiner": (64, 6, 197, 197, 50, 64),  # DeiT-S tokens, about a quarter of the keys kept
+}
+"""(B, heads, Nq, Nk, K, head_dim) of the launches ``attnzoo bench ptx`` compiles."""
+
+
+def ptx_launches(batch, heads, n_queries, n_keys, listed, head_dim, dtype) -> list[Launch]:
+    """The forward and backward launches at one shape, on meta tensors (nothing runs)."""
+    q, grad_q, out, grad_out = (torch.empty(batch, heads, n_queries, head_dim, dtype=dtype, device="meta") for _ in "1234")
+    k, v = (torch.empty(batch, heads, n_keys, head_dim, dtype=dtype, device="meta") for _ in "12")
+    grad_k, grad_v = (torch.empty(batch, heads, n_keys, head_dim, device="meta") for _ in "12")
+    index = torch.empty(batch, heads, n_queries, listed, dtype=torch.int64, device="meta")
+    lse = torch.empty(batch, heads, n_queries, device="meta")
+    scale = head_dim**-0.5
+    return [
+        forward_launch(q, k, v, index, out, lse, scale),
+        backward_launch(q, k, v, index, out, lse, grad_out, grad_q, grad_k, grad_v, scale),
+    ]
+
+
+def _forward(q, k, v, index, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, heads, n_queries, _ = q.shape
+    out = torch.empty(batch, heads, n_queries, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(batch, heads, n_queries, dtype=torch.float32, device=q.device)
+    if out.numel() > 0:
+        forward_launch(q, k, v, index, out, lse, scale)()
     return out, lse
 
 
 def _backward(q, k, v, index, out, lse, grad_out, scale: float) -> tuple[torch.Tensor, ...]:
-    batch, heads, n_queries, head_dim = q.shape
-    n_keys, head_dim_v, keys_per_query = k.shape[2], v.shape[-1], index.shape[-1]
     grad_q = torch.empty_like(q, memory_format=torch.contiguous_format)
     grad_k = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     if grad_q.numel() > 0 and grad_out.numel() > 0:
-        grid = (triton.cdiv(n_queries, _BLOCK_M), batch * heads)
-        _gather_attention_bwd[grid](
-            q, k, v, index, out, grad_out, lse, grad_q, grad_k, grad_v,
-            scale, heads, n_queries, n_keys, keys_per_query, head_dim, head_dim_v,
-            *q.stride(), *k.stride(), *v.stride(), *index.stride(), *grad_out.stride(),
-            **_blocks(keys_per_query, head_dim, head_dim_v), num_warps=_NUM_WARPS,
-        )  # fmt: skip
+        backward_launch(q, k, v, index, out, lse, grad_out, grad_q, grad_k, grad_v, scale)()
     else:
         grad_q.zero_()
     return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype)

@@ -1,4 +1,4 @@
-"""Fused Triton forward and backward of 2-D (dilated) neighborhood attention with NAT's bias.
+"""Tiled-GEMM Triton forward and backward of 2-D (dilated) neighborhood attention with NAT's bias.
 
 Neighborhood attention (Hassani et al., "Neighborhood Attention Transformer", CVPR 2023,
 arXiv 2204.07143) lets every pixel attend to the ``k x k`` pixels around it, the window shifted
@@ -7,37 +7,44 @@ attention (Hassani & Shi, "Dilated Neighborhood Attention Transformer", arXiv 22
 those keys every ``dilation`` pixels, among the positions of the query's residue. The semantics are
 exactly :func:`attnzoo.kernels.torch_backend.na2d_torch` (NATTEN's), which the tests compare with.
 
-Design (flash-attention style, Dao et al., arXiv 2205.14135, applied to a fixed neighbourhood):
+Design: the fused, GEMM-based neighborhood attention of Hassani et al., "Faster Neighborhood
+Attention" (NeurIPS 2024, arXiv 2403.04690), in the FlashAttention-2 manner (Dao, arXiv 2307.08691):
 
-* Forward: a program owns a ``TILE_H x TILE_W`` tile of query pixels of one (batch, head). It
-  loops over the ``k * k`` neighbour slots; in slot ``(ti, tj)`` each query gathers its own key and
-  value rows (per-query addresses, since windows shift at borders and differ per residue), and an
-  online softmax (running max and sum, in float32) folds them into the output accumulator. Nothing
-  of size ``queries x k*k`` is written to memory; the per-query logsumexp is, for the backward.
-* Backward: the same tiling and loop recompute each probability from the logsumexp, with
-  ``delta = rowsum(dO * O)``. ``dq`` is accumulated per query. ``dk``, ``dv`` and the bias gradient
-  are scattered from the query side with float32 atomic adds (a key is reached by a variable number
-  of queries at the borders, which makes a key-side pass awkward). The bias gradient sums over
-  batch and positions into ``(2k-1)^2`` cells per head, so nearly all queries would hit the same few
-  addresses; queries whose window is centred (the interior: in slot ``(ti, tj)`` they all read cell
-  ``(ti + k//2, tj + k//2)``) are first summed in the tile, so one atomic per tile and slot serves
-  them. As in flash-attention, ``delta`` uses the stored (rounded) output, which adds a little
-  error to half-precision gradients. The backward is not itself differentiable.
+* A dilation splits the map into ``dilation**2`` sub-maps of one residue each, inside which the
+  attention is undilated; every program works inside one sub-map ("group").
+* Forward: a program owns a ``TILE_H x TILE_W`` tile of queries. Their windows all lie inside one
+  halo of ``(TILE_H + k - 1) x (TILE_W + k - 1)`` keys (windows only shift inward, one step per
+  query), which the program walks in key blocks of ``ROWS x COLS`` positions. Logits and the value
+  product are ``tl.dot`` on tensor cores (fp16/bf16 operands, fp32 accumulation); the NA rule is a
+  mask inside the tile; rpb is read per (query, key) from its ``(heads, 2k-1, 2k-1)`` table; an
+  online softmax (base 2) folds the blocks, and the base-2 logsumexp is saved for the backward.
+* Backward, two kernels and no per-query atomics. ``dq`` first: the query-tile program re-walks
+  its halo, recomputes the probabilities from the logsumexp, writes ``delta = rowsum(dO * O)`` for
+  its queries and accumulates ``dq``; with a trainable bias it also sums ``dS`` by bias cell in
+  registers and adds its ``(2k-1)^2`` partial sums with one atomic per cell and program. Then
+  ``dk``/``dv``: a program owns a tile of keys and walks the queries whose windows reach it (an
+  interval per axis, the inverse of the window rule), accumulating ``dk = dS^T q`` and
+  ``dv = P^T dO`` in registers and storing them once, in the inputs' dtype.
+* float32 inputs: both GEMMs run in IEEE fp32 (``input_precision="ieee"``, CUDA cores, exact as the
+  reference) unless ``torch.backends.cuda.matmul.allow_tf32`` is on, which selects tf32 tensor cores.
 
 The forward and backward are :func:`torch.library.custom_op` operators with registered fake
 (shape) functions and autograd, so ``torch.compile(fullgraph=True)`` captures them as opaque calls.
-(``torch.library.triton_op`` would let Inductor see the kernels, but its shape function runs the
-kernel body, which Triton's interpreter cannot do on fake tensors, so it cannot be tested on CPU.)
 On CPU the kernels run under Triton's interpreter (``TRITON_INTERPRET=1``), slowly, for tests.
+What the GPU compiler makes of them (tensor-core instructions, registers, spills) is reported by
+``attnzoo bench ptx`` through :func:`ptx_launches`, without a GPU.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 
 import torch
 
 from ._dispatch import register
+from ._launch import Launch
 
 try:
     import triton
@@ -52,90 +59,182 @@ else:
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MIN_HEAD_DIM, _MAX_HEAD_DIM = 16, 128
+_MAX_KERNEL_SIZE = 13
+_LOG2E = math.log2(math.e)
 
 
-def _tile(block_d: int) -> tuple[int, int]:
-    """Query tile (rows, cols): 8 rows, and fewer columns for wider heads to bound registers."""
-    return 8, min(16, max(4, 512 // block_d))
+@dataclass(frozen=True)
+class TileConfig:
+    """Launch parameters of the three kernels for one call shape.
+
+    ``TILE_H x TILE_W`` tokens are owned by a program (queries forward and for ``dq``, keys for
+    ``dk``/``dv``); the other side is walked in blocks of ``ROWS x COLS`` positions, ``COLS`` a
+    power of two at least ``TILE_W + k - 1`` so that one block spans the halo's width.
+    """
+
+    TILE_H: int
+    TILE_W: int
+    ROWS: int
+    COLS: int
+    BLOCK_D: int
+    num_warps: int
+    num_stages: int
+
+    def meta(self) -> dict:
+        return dict(
+            TILE_H=self.TILE_H,
+            TILE_W=self.TILE_W,
+            ROWS=self.ROWS,
+            COLS=self.COLS,
+            BLOCK_D=self.BLOCK_D,
+            num_warps=self.num_warps,
+            num_stages=self.num_stages,
+        )
+
+
+def tile_config(head_dim: int, kernel_size: int) -> TileConfig:
+    """Tiles chosen by reasoning and by the compiler's register report (``attnzoo bench ptx``), not yet by timing.
+
+    64 owned tokens (8 x 8) fill one m64 tensor-core tile per warpgroup and keep the wasted part of
+    the halo small (useful keys per query k^2 of ``rows x COLS`` computed); wide heads get 8 warps
+    so the fp32 accumulators stay in registers.
+    """
+    block_d = max(16, 1 << (head_dim - 1).bit_length())
+    tile_w = 8
+    cols = max(16, 1 << (tile_w + kernel_size - 2).bit_length())
+    rows = 2 if cols <= 16 else 1
+    return TileConfig(
+        TILE_H=8,
+        TILE_W=tile_w,
+        ROWS=rows,
+        COLS=cols,
+        BLOCK_D=block_d,
+        num_warps=8 if block_d >= 128 else 4,
+        num_stages=2,
+    )
 
 
 if triton is not None:
 
     @triton.jit
-    def _window(pos, length, dilation, K: tl.constexpr):
-        """Residue, index in the residue's sub-sequence, and window start (sub-sequence units).
+    def _window_start(pos, length, KS: tl.constexpr):
+        """First key of the window of the query at ``pos`` (sub-map units): NATTEN's clamp, window never shrunk."""
+        return tl.minimum(tl.maximum(pos - KS // 2, 0), length - KS)
 
-        The start is ``clamp(sub - K//2, 0, sub_length - K)``, low bound first: NATTEN's rule, which
-        keeps the window inside the map by shifting it, never shrinking it.
+    @triton.jit
+    def _own_tile(pid, height, width, dilation, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+        """(batch*head, residue row, residue col, sub-map height, width, tile row 0, tile col 0) of a program.
+
+        Programs of one (batch, head) are adjacent (their keys overlap in cache); every group is
+        given as many tiles as the largest sub-map needs, and the extra ones own nothing.
         """
-        residue = pos % dilation
-        sub = pos // dilation
-        sub_length = (length - residue + dilation - 1) // dilation
-        start = tl.minimum(tl.maximum(sub - K // 2, 0), sub_length - K)
-        return residue, sub, start
+        tiles_w = tl.cdiv(tl.cdiv(width, dilation), TILE_W)
+        per_group = tl.cdiv(tl.cdiv(height, dilation), TILE_H) * tiles_w
+        per_bh = per_group * dilation * dilation
+        bh = pid // per_bh
+        group = pid % per_bh // per_group
+        tile = pid % per_group
+        res_r = group // dilation
+        res_c = group % dilation
+        sub_h = (height - res_r + dilation - 1) // dilation
+        sub_w = (width - res_c + dilation - 1) // dilation
+        return bh, res_r, res_c, sub_h, sub_w, tile // tiles_w * TILE_H, tile % tiles_w * TILE_W
+
+    @triton.jit
+    def _halo(first, size, length, KS: tl.constexpr):
+        """[lo, hi) of the keys that the windows of queries ``first .. first+size-1`` cover (sub-map units)."""
+        last = tl.minimum(first + size - 1, length - 1)
+        lo = _window_start(tl.minimum(first, length - 1), length, KS)
+        hi = _window_start(last, length, KS) + KS
+        return lo, tl.where(first < length, hi, lo)
+
+    @triton.jit
+    def _reach(first, size, length, KS: tl.constexpr):
+        """[lo, hi) of the queries whose windows reach keys ``first .. first+size-1``: the window rule inverted."""
+        last = tl.minimum(first + size - 1, length - 1)
+        lo = tl.where(first < KS, 0, first - KS // 2)
+        hi = tl.where(last >= length - KS, length, last + KS // 2 + 1)
+        return lo, tl.where(first < length, hi, lo)
+
+    @triton.jit
+    def _in_window(qr, qc, kr, kc, sub_h, sub_w, KS: tl.constexpr):
+        """Key (kr, kc) is in the window of query (qr, qc); query-side vectors broadcast against key-side ones."""
+        start_r = _window_start(qr, sub_h, KS)
+        start_c = _window_start(qc, sub_w, KS)
+        return (kr >= start_r) & (kr < start_r + KS) & (kc >= start_c) & (kc < start_c + KS)
 
     @triton.jit
     def _na2d_fwd_kernel(
-        q_ptr, k_ptr, v_ptr, rpb_ptr, out_ptr, lse_ptr,
-        height, width, heads, head_dim, dilation, scale,
+        Q, K, V, RPB, OUT, LSE,
+        height, width, heads, head_dim, dilation, qk_scale,
         sq_b, sq_h, sq_w, sq_n, sq_d,
         sk_b, sk_h, sk_w, sk_n, sk_d,
         sv_b, sv_h, sv_w, sv_n, sv_d,
         so_b, so_h, so_w, so_n, so_d,
         sr_n, sr_h, sr_w,
-        K: tl.constexpr, HAS_RPB: tl.constexpr,
-        TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_D: tl.constexpr,
+        KS: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+        TILE_H: tl.constexpr, TILE_W: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
     ):  # fmt: skip
-        tiles_w = tl.cdiv(width, TILE_W)
-        tiles = tl.cdiv(height, TILE_H) * tiles_w
-        tile = tl.program_id(0) % tiles  # neighbouring programs share (batch, head): their keys overlap in cache
-        b = tl.program_id(0) // tiles // heads
-        n = tl.program_id(0) // tiles % heads
-        offs = tl.arange(0, TILE_H * TILE_W)
-        i = (tile // tiles_w) * TILE_H + offs // TILE_W
-        j = (tile % tiles_w) * TILE_W + offs % TILE_W
-        valid = (i < height) & (j < width)
+        """``qk_scale`` is ``scale * log2(e)``: logits live in base 2; LSE gets the base-2 logsumexp."""
+        bh, res_r, res_c, sub_h, sub_w, r0, c0 = _own_tile(tl.program_id(0), height, width, dilation, TILE_H, TILE_W)
+        b = (bh // heads).to(tl.int64)  # batch offsets can pass 2**31 elements
+        n = bh % heads
+        m = tl.arange(0, TILE_H * TILE_W)
+        qr = r0 + m // TILE_W
+        qc = c0 + m % TILE_W
+        q_ok = (qr < sub_h) & (qc < sub_w)
         d = tl.arange(0, BLOCK_D)
-        mask = valid[:, None] & (d < head_dim)[None, :]
-        b64 = b.to(tl.int64)  # batch offsets can pass 2**31 elements
+        d_ok = d < head_dim
+        rows = res_r + qr * dilation
+        cols = res_c + qc * dilation
+        q_ptrs = Q + b * sq_b + n * sq_n + rows[:, None] * sq_h + cols[:, None] * sq_w + d[None, :] * sq_d
+        q = tl.load(q_ptrs, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
 
-        q_rows = q_ptr + b64 * sq_b + n * sq_n + i[:, None] * sq_h + j[:, None] * sq_w + d[None, :] * sq_d
-        q = tl.load(q_rows, mask=mask, other=0.0).to(tl.float32) * scale
-        k_base = k_ptr + b64 * sk_b + n * sk_n + d[None, :] * sk_d
-        v_base = v_ptr + b64 * sv_b + n * sv_n + d[None, :] * sv_d
-        r_i, g_i, s_i = _window(i, height, dilation, K)
-        r_j, g_j, s_j = _window(j, width, dilation, K)
+        lo_r, hi_r = _halo(r0, TILE_H, sub_h, KS)
+        lo_c, hi_c = _halo(c0, TILE_W, sub_w, KS)
+        blocks_c = tl.cdiv(hi_c - lo_c, COLS)
+        blocks = tl.cdiv(hi_r - lo_r, ROWS) * blocks_c
+        kn = tl.arange(0, ROWS * COLS)
+        k_base = K + b * sk_b + n * sk_n + d[None, :] * sk_d
+        v_base = V + b * sv_b + n * sv_n + d[None, :] * sv_d
 
-        m = tl.full([TILE_H * TILE_W], float("-inf"), tl.float32)
-        l = tl.zeros([TILE_H * TILE_W], tl.float32)  # noqa: E741
+        m_i = tl.full([TILE_H * TILE_W], -1.0e30, tl.float32)  # finite: a block without keys leaves it unchanged
+        l_i = tl.zeros([TILE_H * TILE_W], tl.float32)
         acc = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
-        for ti in range(K):
-            key_i = r_i + (s_i + ti) * dilation
-            for tj in range(K):
-                key_j = r_j + (s_j + tj) * dilation
-                key = tl.load(k_base + key_i[:, None] * sk_h + key_j[:, None] * sk_w, mask=mask, other=0.0)
-                logit = tl.sum(q * key.to(tl.float32), axis=1)
-                if HAS_RPB:
-                    bias = rpb_ptr + n * sr_n + (s_i + ti - g_i + K - 1) * sr_h + (s_j + tj - g_j + K - 1) * sr_w
-                    logit += tl.load(bias, mask=valid, other=0.0).to(tl.float32)
-                m_new = tl.maximum(m, logit)
-                alpha = tl.exp(m - m_new)
-                p = tl.exp(logit - m_new)
-                value = tl.load(v_base + key_i[:, None] * sv_h + key_j[:, None] * sv_w, mask=mask, other=0.0)
-                acc = acc * alpha[:, None] + p[:, None] * value.to(tl.float32)
-                l = l * alpha + p  # noqa: E741
-                m = m_new
+        for block in range(0, blocks):
+            kr = lo_r + block // blocks_c * ROWS + kn // COLS
+            kc = lo_c + block % blocks_c * COLS + kn % COLS
+            k_ok = (kr < hi_r) & (kc < hi_c)
+            k_rows = (res_r + kr * dilation)[:, None]
+            k_cols = (res_c + kc * dilation)[:, None]
+            kv_mask = k_ok[:, None] & d_ok[None, :]
+            key = tl.load(k_base + k_rows * sk_h + k_cols * sk_w, mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(key), input_precision=PRECISION) * qk_scale
+            visible = _in_window(qr[:, None], qc[:, None], kr[None, :], kc[None, :], sub_h, sub_w, KS)
+            visible = visible & k_ok[None, :]
+            if HAS_RPB:
+                cell = RPB + n * sr_n + (kr[None, :] - qr[:, None] + KS - 1) * sr_h
+                cell += (kc[None, :] - qc[:, None] + KS - 1) * sr_w
+                s += tl.load(cell, mask=visible & q_ok[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            value = tl.load(v_base + k_rows * sv_h + k_cols * sv_w, mask=kv_mask, other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(value.dtype), value, input_precision=PRECISION)
+            m_i = m_new
 
-        out_rows = out_ptr + b64 * so_b + n * so_n + i[:, None] * so_h + j[:, None] * so_w + d[None, :] * so_d
-        tl.store(out_rows, (acc / l[:, None]).to(out_ptr.dtype.element_ty), mask=mask)
-        lse_rows = lse_ptr + (b64 * heads + n) * height * width + i * width + j
-        tl.store(lse_rows, m + tl.log(l), mask=valid)
+        o_ptrs = OUT + b * so_b + n * so_n + rows[:, None] * so_h + cols[:, None] * so_w + d[None, :] * so_d
+        tl.store(o_ptrs, (acc / l_i[:, None]).to(OUT.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
+        lse_ptrs = LSE + bh.to(tl.int64) * height * width + rows * width + cols
+        tl.store(lse_ptrs, m_i + tl.log2(l_i), mask=q_ok)
 
     @triton.jit
-    def _na2d_bwd_kernel(
-        q_ptr, k_ptr, v_ptr, rpb_ptr, out_ptr, lse_ptr, dout_ptr,
-        dq_ptr, dk_ptr, dv_ptr, drpb_ptr,
-        height, width, heads, head_dim, dilation, scale,
+    def _na2d_bwd_dq_kernel(
+        Q, K, V, RPB, OUT, DOUT, LSE, DELTA, DQ, DRPB,
+        height, width, heads, head_dim, dilation, qk_scale, scale,
         sq_b, sq_h, sq_w, sq_n, sq_d,
         sk_b, sk_h, sk_w, sk_n, sk_d,
         sv_b, sv_h, sv_w, sv_n, sv_d,
@@ -143,78 +242,230 @@ if triton is not None:
         sd_b, sd_h, sd_w, sd_n, sd_d,
         sg_b, sg_h, sg_w, sg_n, sg_d,
         sr_n, sr_h, sr_w,
-        K: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr,
-        TILE_H: tl.constexpr, TILE_W: tl.constexpr, BLOCK_D: tl.constexpr,
+        KS: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+        TILE_H: tl.constexpr, TILE_W: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+        BLOCK_D: tl.constexpr, BLOCK_RPB: tl.constexpr,
     ):  # fmt: skip
-        """``dq`` (q's dtype), ``dk``, ``dv`` (float32) share strides ``sg_*``; ``drpb`` (float32) has rpb's."""
-        tiles_w = tl.cdiv(width, TILE_W)
-        tiles = tl.cdiv(height, TILE_H) * tiles_w
-        tile = tl.program_id(0) % tiles  # neighbouring programs share (batch, head): their keys overlap in cache
-        b = tl.program_id(0) // tiles // heads
-        n = tl.program_id(0) // tiles % heads
-        offs = tl.arange(0, TILE_H * TILE_W)
-        i = (tile // tiles_w) * TILE_H + offs // TILE_W
-        j = (tile % tiles_w) * TILE_W + offs % TILE_W
-        valid = (i < height) & (j < width)
+        """``dq`` and ``delta`` of a query tile; ``DRPB`` (float32, contiguous) gets one atomic per cell and program."""
+        bh, res_r, res_c, sub_h, sub_w, r0, c0 = _own_tile(tl.program_id(0), height, width, dilation, TILE_H, TILE_W)
+        b = (bh // heads).to(tl.int64)
+        n = bh % heads
+        m = tl.arange(0, TILE_H * TILE_W)
+        qr = r0 + m // TILE_W
+        qc = c0 + m % TILE_W
+        q_ok = (qr < sub_h) & (qc < sub_w)
         d = tl.arange(0, BLOCK_D)
-        mask = valid[:, None] & (d < head_dim)[None, :]
-        b64 = b.to(tl.int64)
+        d_ok = d < head_dim
+        q_mask = q_ok[:, None] & d_ok[None, :]
+        rows = res_r + qr * dilation
+        cols = res_c + qc * dilation
+        q = tl.load(Q + b * sq_b + n * sq_n + rows[:, None] * sq_h + cols[:, None] * sq_w + d[None, :] * sq_d, q_mask, 0.0)
+        o_ptrs = OUT + b * so_b + n * so_n + rows[:, None] * so_h + cols[:, None] * so_w + d[None, :] * so_d
+        do_ptrs = DOUT + b * sd_b + n * sd_n + rows[:, None] * sd_h + cols[:, None] * sd_w + d[None, :] * sd_d
+        dout = tl.load(do_ptrs, mask=q_mask, other=0.0)
+        delta = tl.sum(dout.to(tl.float32) * tl.load(o_ptrs, mask=q_mask, other=0.0).to(tl.float32), axis=1)
+        row_ptrs = bh.to(tl.int64) * height * width + rows * width + cols
+        tl.store(DELTA + row_ptrs, delta, mask=q_ok)  # read by the dk/dv kernel, which runs after this one
+        lse = tl.load(LSE + row_ptrs, mask=q_ok, other=0.0)
 
-        q_off = b64 * sq_b + n * sq_n + i[:, None] * sq_h + j[:, None] * sq_w + d[None, :] * sq_d
-        q = tl.load(q_ptr + q_off, mask=mask, other=0.0).to(tl.float32) * scale
-        o_off = b64 * so_b + n * so_n + i[:, None] * so_h + j[:, None] * so_w + d[None, :] * so_d
-        out = tl.load(out_ptr + o_off, mask=mask, other=0.0).to(tl.float32)
-        do_off = b64 * sd_b + n * sd_n + i[:, None] * sd_h + j[:, None] * sd_w + d[None, :] * sd_d
-        dout = tl.load(dout_ptr + do_off, mask=mask, other=0.0).to(tl.float32)
-        delta = tl.sum(dout * out, axis=1)  # = sum_t p_t dp_t, the softmax's Jacobian term
-        lse = tl.load(lse_ptr + (b64 * heads + n) * height * width + i * width + j, mask=valid, other=0.0)
-        k_base = k_ptr + b64 * sk_b + n * sk_n + d[None, :] * sk_d
-        v_base = v_ptr + b64 * sv_b + n * sv_n + d[None, :] * sv_d
-        g_base = b64 * sg_b + n * sg_n + d[None, :] * sg_d
-        r_i, g_i, s_i = _window(i, height, dilation, K)
-        r_j, g_j, s_j = _window(j, width, dilation, K)
-        # a centred window reads bias cell (ti + K//2, tj + K//2) in slot (ti, tj), whatever the query
-        centred = valid & (s_i == g_i - K // 2) & (s_j == g_j - K // 2)
-
+        lo_r, hi_r = _halo(r0, TILE_H, sub_h, KS)
+        lo_c, hi_c = _halo(c0, TILE_W, sub_w, KS)
+        blocks_c = tl.cdiv(hi_c - lo_c, COLS)
+        blocks = tl.cdiv(hi_r - lo_r, ROWS) * blocks_c
+        kn = tl.arange(0, ROWS * COLS)
+        k_base = K + b * sk_b + n * sk_n + d[None, :] * sk_d
+        v_base = V + b * sv_b + n * sv_n + d[None, :] * sv_d
+        cells = tl.arange(0, BLOCK_RPB)
+        drpb = tl.zeros([BLOCK_RPB, BLOCK_RPB], tl.float32)
         dq = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
-        for ti in range(K):
-            key_i = r_i + (s_i + ti) * dilation
-            bias_i = s_i + ti - g_i + K - 1
-            for tj in range(K):
-                key_j = r_j + (s_j + tj) * dilation
-                bias_j = s_j + tj - g_j + K - 1
-                key = tl.load(k_base + key_i[:, None] * sk_h + key_j[:, None] * sk_w, mask=mask, other=0.0)
-                key = key.to(tl.float32)
-                logit = tl.sum(q * key, axis=1)
-                if HAS_RPB:
-                    bias = rpb_ptr + n * sr_n + bias_i * sr_h + bias_j * sr_w
-                    logit += tl.load(bias, mask=valid, other=0.0).to(tl.float32)
-                p = tl.where(valid, tl.exp(logit - lse), 0.0)
-                value = tl.load(v_base + key_i[:, None] * sv_h + key_j[:, None] * sv_w, mask=mask, other=0.0)
-                dlogit = p * (tl.sum(dout * value.to(tl.float32), axis=1) - delta)
-                dq += dlogit[:, None] * key
-                grad_off = g_base + key_i[:, None] * sg_h + key_j[:, None] * sg_w
-                tl.atomic_add(dk_ptr + grad_off, dlogit[:, None] * q, mask=mask)  # q carries the scale
-                tl.atomic_add(dv_ptr + grad_off, p[:, None] * dout, mask=mask)
-                if RPB_GRAD:
-                    cell = drpb_ptr + n * sr_n
-                    inner = tl.sum(tl.where(centred, dlogit, 0.0), axis=0)
-                    tl.atomic_add(cell + (ti + K // 2) * sr_h + (tj + K // 2) * sr_w, inner)
-                    tl.atomic_add(cell + bias_i * sr_h + bias_j * sr_w, dlogit, mask=valid & ~centred)
+        for block in range(0, blocks):
+            kr0 = lo_r + block // blocks_c * ROWS
+            kr = kr0 + kn // COLS
+            kc = lo_c + block % blocks_c * COLS + kn % COLS
+            k_ok = (kr < hi_r) & (kc < hi_c)
+            k_rows = (res_r + kr * dilation)[:, None]
+            k_cols = (res_c + kc * dilation)[:, None]
+            kv_mask = k_ok[:, None] & d_ok[None, :]
+            key = tl.load(k_base + k_rows * sk_h + k_cols * sk_w, mask=kv_mask, other=0.0)
+            s = tl.dot(q, tl.trans(key), input_precision=PRECISION) * qk_scale
+            visible = _in_window(qr[:, None], qc[:, None], kr[None, :], kc[None, :], sub_h, sub_w, KS)
+            visible = visible & k_ok[None, :] & q_ok[:, None]
+            if HAS_RPB:
+                cell = RPB + n * sr_n + (kr[None, :] - qr[:, None] + KS - 1) * sr_h
+                cell += (kc[None, :] - qc[:, None] + KS - 1) * sr_w
+                s += tl.load(cell, mask=visible, other=0.0).to(tl.float32) * 1.4426950408889634
+            p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
+            value = tl.load(v_base + k_rows * sv_h + k_cols * sv_w, mask=kv_mask, other=0.0)
+            dp = tl.dot(dout, tl.trans(value), input_precision=PRECISION)
+            ds = p * (dp - delta[:, None])  # gradient of the natural-log logits (scale * q.k + bias)
+            dq += tl.dot(ds.to(key.dtype), key, input_precision=PRECISION)
+            if RPB_GRAD:
+                # Sum ds by bias cell (kr - qr + k-1, kc - qc + k-1) in registers. Per key row of the block the
+                # row offset depends on the query row alone: reduce each column offset over the block's keys, then
+                # place the per-query sums on their row offsets with a one-hot reduction over the tile's queries.
+                col_cell = kc[None, :] - qc[:, None] + KS - 1
+                for j in range(0, ROWS):
+                    row_cell = kr0 + j - qr + KS - 1  # (queries,)
+                    on_row = (kn // COLS == j)[None, :]
+                    to_cell = (row_cell[None, :] == cells[:, None]) & q_ok[None, :]  # (cells, queries)
+                    for c in range(0, 2 * KS - 1):
+                        per_query = tl.sum(tl.where(on_row & (col_cell == c), ds, 0.0), axis=1)
+                        per_row_cell = tl.sum(tl.where(to_cell, per_query[None, :], 0.0), axis=1)
+                        drpb += tl.where(cells[None, :] == c, per_row_cell[:, None], 0.0)
 
-        dq_off = g_base + i[:, None] * sg_h + j[:, None] * sg_w
-        tl.store(dq_ptr + dq_off, (dq * scale).to(dq_ptr.dtype.element_ty), mask=mask)
+        dq_ptrs = DQ + b * sg_b + n * sg_n + rows[:, None] * sg_h + cols[:, None] * sg_w + d[None, :] * sg_d
+        tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
+        if RPB_GRAD:
+            side = 2 * KS - 1
+            cell_ok = (cells[:, None] < side) & (cells[None, :] < side)
+            tl.atomic_add(DRPB + n * side * side + cells[:, None] * side + cells[None, :], drpb, mask=cell_ok)
 
-    def _launch_shape(q: torch.Tensor) -> tuple[tuple[int], dict]:
-        batch, height, width, heads, head_dim = q.shape
-        block_d = triton.next_power_of_2(head_dim)
-        tile_h, tile_w = _tile(block_d)
-        grid = (triton.cdiv(height, tile_h) * triton.cdiv(width, tile_w) * batch * heads,)  # 1-D: no 65535 cap
-        return grid, {"TILE_H": tile_h, "TILE_W": tile_w, "BLOCK_D": block_d, "num_warps": 4}
+    @triton.jit
+    def _na2d_bwd_dkdv_kernel(
+        Q, K, V, RPB, DOUT, LSE, DELTA, DK, DV,
+        height, width, heads, head_dim, dilation, qk_scale, scale,
+        sq_b, sq_h, sq_w, sq_n, sq_d,
+        sk_b, sk_h, sk_w, sk_n, sk_d,
+        sv_b, sv_h, sv_w, sv_n, sv_d,
+        sd_b, sd_h, sd_w, sd_n, sd_d,
+        sg_b, sg_h, sg_w, sg_n, sg_d,
+        sr_n, sr_h, sr_w,
+        KS: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+        TILE_H: tl.constexpr, TILE_W: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):  # fmt: skip
+        """``dk`` and ``dv`` of a key tile, over the query blocks whose windows reach it; stored once, no atomics."""
+        bh, res_r, res_c, sub_h, sub_w, r0, c0 = _own_tile(tl.program_id(0), height, width, dilation, TILE_H, TILE_W)
+        b = (bh // heads).to(tl.int64)
+        n = bh % heads
+        kn = tl.arange(0, TILE_H * TILE_W)
+        kr = r0 + kn // TILE_W
+        kc = c0 + kn % TILE_W
+        k_ok = (kr < sub_h) & (kc < sub_w)
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < head_dim
+        k_mask = k_ok[:, None] & d_ok[None, :]
+        k_rows = (res_r + kr * dilation)[:, None]
+        k_cols = (res_c + kc * dilation)[:, None]
+        key = tl.load(K + b * sk_b + n * sk_n + k_rows * sk_h + k_cols * sk_w + d[None, :] * sk_d, k_mask, 0.0)
+        value = tl.load(V + b * sv_b + n * sv_n + k_rows * sv_h + k_cols * sv_w + d[None, :] * sv_d, k_mask, 0.0)
 
-    def _rpb_args(rpb: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-        """A pointer and strides for the bias; q stands in (never read) when there is none."""
-        return (q, (0, 0, 0)) if rpb is None else (rpb, rpb.stride())
+        lo_r, hi_r = _reach(r0, TILE_H, sub_h, KS)
+        lo_c, hi_c = _reach(c0, TILE_W, sub_w, KS)
+        blocks_c = tl.cdiv(hi_c - lo_c, COLS)
+        blocks = tl.cdiv(hi_r - lo_r, ROWS) * blocks_c
+        m = tl.arange(0, ROWS * COLS)
+        q_base = Q + b * sq_b + n * sq_n + d[None, :] * sq_d
+        do_base = DOUT + b * sd_b + n * sd_n + d[None, :] * sd_d
+        row_base = bh.to(tl.int64) * height * width
+        dk = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
+        dv = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
+        for block in range(0, blocks):
+            qr = lo_r + block // blocks_c * ROWS + m // COLS
+            qc = lo_c + block % blocks_c * COLS + m % COLS
+            q_ok = (qr < hi_r) & (qc < hi_c)
+            rows = res_r + qr * dilation
+            cols = res_c + qc * dilation
+            q_mask = q_ok[:, None] & d_ok[None, :]
+            q = tl.load(q_base + rows[:, None] * sq_h + cols[:, None] * sq_w, mask=q_mask, other=0.0)
+            dout = tl.load(do_base + rows[:, None] * sd_h + cols[:, None] * sd_w, mask=q_mask, other=0.0)
+            lse = tl.load(LSE + row_base + rows * width + cols, mask=q_ok, other=0.0)
+            delta = tl.load(DELTA + row_base + rows * width + cols, mask=q_ok, other=0.0)
+            st = tl.dot(key, tl.trans(q), input_precision=PRECISION) * qk_scale  # (keys, queries)
+            visible = _in_window(qr[None, :], qc[None, :], kr[:, None], kc[:, None], sub_h, sub_w, KS)
+            visible = visible & q_ok[None, :] & k_ok[:, None]
+            if HAS_RPB:
+                cell = RPB + n * sr_n + (kr[:, None] - qr[None, :] + KS - 1) * sr_h
+                cell += (kc[:, None] - qc[None, :] + KS - 1) * sr_w
+                st += tl.load(cell, mask=visible, other=0.0).to(tl.float32) * 1.4426950408889634
+            pt = tl.where(visible, tl.exp2(st - lse[None, :]), 0.0)
+            dv += tl.dot(pt.to(dout.dtype), dout, input_precision=PRECISION)
+            dpt = tl.dot(value, tl.trans(dout), input_precision=PRECISION)
+            dst = pt * (dpt - delta[None, :])
+            dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+
+        grad = b * sg_b + n * sg_n + k_rows * sg_h + k_cols * sg_w + d[None, :] * sg_d
+        tl.store(DK + grad, (dk * scale).to(DK.dtype.element_ty), mask=k_mask)
+        tl.store(DV + grad, dv.to(DV.dtype.element_ty), mask=k_mask)
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """Operand precision of ``tl.dot``: IEEE fp32 for float32 unless PyTorch allows tf32 matmuls."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"  # ignored for fp16/bf16 operands
+
+
+def _grid(q: torch.Tensor, dilation: int, config: TileConfig) -> tuple[int]:
+    """One program per owned tile of every group of every (batch, head); 1-D, so no 65535 cap."""
+    batch, height, width, heads, _ = q.shape
+    tiles = triton.cdiv(triton.cdiv(height, dilation), config.TILE_H) * triton.cdiv(
+        triton.cdiv(width, dilation), config.TILE_W
+    )
+    return (batch * heads * dilation * dilation * tiles,)
+
+
+def _rpb_args(rpb: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """A pointer and strides for the bias; q stands in (never read) when there is none."""
+    return (q, (0, 0, 0)) if rpb is None else (rpb, rpb.stride())
+
+
+def forward_launch(q, k, v, rpb, out, lse, kernel_size: int, dilation: int, scale: float) -> Launch:
+    """The forward launch writing ``out`` and the base-2 ``lse`` ``(B, heads, H, W)`` float32."""
+    batch, height, width, heads, head_dim = q.shape
+    config = tile_config(head_dim, kernel_size)
+    rpb_t, rpb_strides = _rpb_args(rpb, q)
+    args = (
+        q, k, v, rpb_t, out, lse,
+        height, width, heads, head_dim, dilation, scale * _LOG2E,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *rpb_strides,
+    )  # fmt: skip
+    meta = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), **config.meta())
+    return Launch("na2d forward", _na2d_fwd_kernel, _grid(q, dilation, config), args, meta)
+
+
+def backward_launches(
+    q, k, v, rpb, out, dout, lse, delta, dq, dk, dv, drpb, kernel_size: int, dilation: int, scale: float
+) -> list[Launch]:
+    """The dq (and drpb, when ``drpb`` is given) launch, then the dk/dv launch that reads its ``delta``."""
+    batch, height, width, heads, head_dim = q.shape
+    config = tile_config(head_dim, kernel_size)
+    rpb_t, rpb_strides = _rpb_args(rpb, q)
+    common = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), **config.meta())
+    grid = _grid(q, dilation, config)
+    dq_args = (
+        q, k, v, rpb_t, out, dout, lse, delta, dq, dq if drpb is None else drpb,
+        height, width, heads, head_dim, dilation, scale * _LOG2E, scale,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dq.stride(), *rpb_strides,
+    )  # fmt: skip
+    block_rpb = max(16, 1 << (2 * kernel_size - 2).bit_length())
+    dq_meta = dict(RPB_GRAD=drpb is not None, BLOCK_RPB=block_rpb, **common)
+    dkdv_args = (
+        q, k, v, rpb_t, dout, lse, delta, dk, dv,
+        height, width, heads, head_dim, dilation, scale * _LOG2E, scale,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *rpb_strides,
+    )  # fmt: skip
+    return [
+        Launch("na2d backward dq" + (" drpb" if drpb is not None else ""), _na2d_bwd_dq_kernel, grid, dq_args, dq_meta),
+        Launch("na2d backward dk dv", _na2d_bwd_dkdv_kernel, grid, dkdv_args, common),
+    ]
+
+
+def ptx_launches(shape: tuple[int, ...], dtype: torch.dtype, kernel_size: int, dilation: int) -> list[Launch]:
+    """Every launch of a forward and backward with a trainable bias at ``shape``, on meta tensors (nothing runs)."""
+    q, k, v, out, dout, dq, dk, dv = (torch.empty(shape, dtype=dtype, device="meta") for _ in range(8))
+    batch, height, width, heads, _ = shape
+    side = 2 * kernel_size - 1
+    rpb = torch.empty(heads, side, side, device="meta")
+    lse, delta = (torch.empty(batch, heads, height, width, device="meta") for _ in range(2))
+    drpb = torch.empty(heads, side, side, device="meta")
+    scale = shape[-1] ** -0.5
+    forward = forward_launch(q, k, v, rpb, out, lse, kernel_size, dilation, scale)
+    backward = backward_launches(q, k, v, rpb, out, dout, lse, delta, dq, dk, dv, drpb, kernel_size, dilation, scale)
+    return [forward, *backward]
+
+
+if triton is not None:
 
     @torch.library.custom_op("attnzoo::na2d_triton_forward", mutates_args=())
     def _forward(
@@ -226,18 +477,12 @@ if triton is not None:
         dilation: int,
         scale: float,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Output ``(B, H, W, heads, d)`` in q's dtype and float32 logsumexp ``(B, heads, H, W)``."""
-        batch, height, width, heads, head_dim = q.shape
+        """Output ``(B, H, W, heads, d)`` in q's dtype and float32 base-2 logsumexp ``(B, heads, H, W)``."""
+        batch, height, width, heads, _ = q.shape
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty((batch, heads, height, width), dtype=torch.float32, device=q.device)
-        rpb_t, rpb_strides = _rpb_args(rpb, q)
-        grid, meta = _launch_shape(q)
-        _na2d_fwd_kernel[grid](
-            q, k, v, rpb_t, out, lse,
-            height, width, heads, head_dim, dilation, scale,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *rpb_strides,
-            K=kernel_size, HAS_RPB=rpb is not None, **meta,
-        )  # fmt: skip
+        if out.numel() > 0:
+            forward_launch(q, k, v, rpb, out, lse, kernel_size, dilation, scale)()
         return out, lse
 
     @torch.library.custom_op("attnzoo::na2d_triton_backward", mutates_args=())
@@ -255,24 +500,17 @@ if triton is not None:
         rpb_grad: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``dq, dk, dv`` in the inputs' dtypes and ``drpb`` in rpb's (empty when not asked for)."""
-        _, height, width, heads, head_dim = q.shape
-        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        dk = torch.zeros(q.shape, dtype=torch.float32, device=q.device)  # atomic targets: float32, zeroed
-        dv = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+        dq, dk, dv = (torch.empty(q.shape, dtype=t.dtype, device=q.device) for t in (q, k, v))
+        delta = torch.empty_like(lse)
         rpb_grad = rpb_grad and rpb is not None
-        rpb = None if rpb is None else rpb.contiguous()  # the kernel indexes rpb and drpb with one set of strides
         drpb = torch.zeros(rpb.shape if rpb_grad else 0, dtype=torch.float32, device=q.device)
-        rpb_t, rpb_strides = _rpb_args(rpb, q)
-        grid, meta = _launch_shape(q)
-        _na2d_bwd_kernel[grid](
-            q, k, v, rpb_t, out, lse, dout,
-            dq, dk, dv, drpb if rpb_grad else dk,
-            height, width, heads, head_dim, dilation, scale,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), *dout.stride(), *dk.stride(), *rpb_strides,
-            K=kernel_size, HAS_RPB=rpb is not None, RPB_GRAD=rpb_grad, **meta,
-        )  # fmt: skip
-        drpb = drpb.to(rpb.dtype) if rpb_grad else drpb
-        return dq, dk.to(k.dtype), dv.to(v.dtype), drpb
+        if dq.numel() > 0:
+            launches = backward_launches(
+                q, k, v, rpb, out, dout, lse, delta, dq, dk, dv, drpb if rpb_grad else None, kernel_size, dilation, scale
+            )
+            for launch in launches:
+                launch()
+        return dq, dk, dv, (drpb.to(rpb.dtype) if rpb_grad else drpb)
 
     @_forward.register_fake
     def _forward_fake(q, k, v, rpb, kernel_size, dilation, scale):
@@ -303,7 +541,7 @@ if triton is not None:
 
 
 def na2d_triton(q, k, v, kernel_size: int, dilation: int, rpb, scale: float, attn_drop: float = 0.0) -> torch.Tensor:
-    """Neighborhood attention on ``(B, H, W, heads, d)`` tensors with the fused Triton kernels.
+    """Neighborhood attention on ``(B, H, W, heads, d)`` tensors with the tiled-GEMM Triton kernels.
 
     Same signature and result as :func:`~attnzoo.kernels.torch_backend.na2d_torch`; ``attn_drop`` must
     be 0 (dropout on the weights is not fused; :func:`_unsupported` routes such calls away).
@@ -317,7 +555,7 @@ def _unavailable() -> str | None:
     return _TRITON_MISSING
 
 
-def _unsupported(q, k, v, attn_drop=0.0, **_) -> str | None:
+def _unsupported(q, k, v, kernel_size=1, rpb=None, attn_drop=0.0, **_) -> str | None:
     """Why the kernels cannot serve a call (None if they can); checked before dispatching to them.
 
     CPU tensors need the interpreter both now and when the kernels were defined (``triton.jit`` reads
@@ -335,9 +573,17 @@ def _unsupported(q, k, v, attn_drop=0.0, **_) -> str | None:
     head_dim = q.shape[-1]
     if not _MIN_HEAD_DIM <= head_dim <= _MAX_HEAD_DIM:
         return f"head_dim must lie in [{_MIN_HEAD_DIM}, {_MAX_HEAD_DIM}], got {head_dim}"
+    if kernel_size > _MAX_KERNEL_SIZE:
+        return f"kernel_size must be at most {_MAX_KERNEL_SIZE}, got {kernel_size}"
     for name, t in (("q", q), ("k", k), ("v", v)):
         if sum((size - 1) * stride for size, stride in zip(t.shape[1:], t.stride()[1:], strict=True)) >= 2**31:
             return f"one batch element of {name} spans 2**31 elements or more (the kernels index within it in int32)"
+    needs_grad = torch.is_grad_enabled() and rpb is not None and rpb.requires_grad
+    if needs_grad and torch.are_deterministic_algorithms_enabled():
+        return (
+            "its bias gradient adds per-program partial sums with atomics, which are not deterministic, "
+            "and torch.use_deterministic_algorithms(True) is in force"
+        )
     return None
 
 
