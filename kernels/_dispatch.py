@@ -19,14 +19,21 @@ from dataclasses import dataclass
 
 import torch
 
-BACKENDS = ("torch", "triton", "natten")
+BACKENDS = ("torch", "triton", "flex", "natten")
 """Every backend name the project knows; not all have implementations for every op."""
 
 AUTO_ORDER = {
-    "cuda": ("triton", "natten", "torch"),
+    "cuda": ("natten", "triton", "flex", "torch"),
     "cpu": ("torch",),
 }
-"""Preference of ``backend="auto"`` per device type (fastest correct first)."""
+"""Preference of ``backend="auto"`` per device type, first that can serve the call wins.
+
+On CUDA this is reasoned, not yet measured (README, "What auto picks"): NATTEN's fused CUTLASS kernels
+first, which decline any call with NAT's bias; then the tiled-GEMM Triton kernels (bias fused, forward
+and backward); then FlexAttention; the torch reference last. ``gather_attention`` has only ``triton``
+and ``torch``. On the CPU the reference is the fastest (NATTEN and flex run FlexAttention's unfused
+path there, without backward; Triton only interprets).
+"""
 
 ENV_VAR = "ATTNZOO_BACKEND"
 

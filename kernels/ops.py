@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import natten_backend, torch_backend, triton_gather, triton_na2d  # noqa: F401  (each registers itself)
+from . import flex_na2d, natten_backend, torch_backend, triton_gather, triton_na2d  # noqa: F401  (each registers itself)
 from ._checks import check_floating, check_int, check_probability, check_same_dtype_device, check_scale, check_tensor
 from ._dispatch import resolve
 
@@ -34,7 +34,7 @@ def na2d(
         kernel_size: odd window size k >= 1.
         dilation: step between neighbours, >= 1; ``H`` and ``W`` must be >= ``kernel_size * dilation``.
         rpb: optional ``(heads, 2k-1, 2k-1)`` bias, any floating dtype (cast to the logits').
-        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"natten"`` (see :func:`use_backend`).
+        backend: ``"auto"``, ``"torch"``, ``"triton"``, ``"flex"`` or ``"natten"`` (see :func:`use_backend`).
         attn_drop: dropout probability on the attention weights (training only; NAT's ``attn_drop``).
 
     Returns:
@@ -87,6 +87,25 @@ def na2d(
     return impl(q, k, v, kernel_size, dilation, rpb, scale, attn_drop)
 
 
+def check_index_range(index: torch.Tensor, n_keys: int) -> None:
+    """An index outside ``[0, Nk)`` is an error, never a read out of bounds, and checking it never stalls the GPU.
+
+    On the CPU the values are read and a ``ValueError`` names the range. Elsewhere reading them back
+    would synchronise the device on every QuadTree/Sparsifiner block, so the check is queued as a
+    device-side assertion (``torch._assert_async``): a bad index stops the CUDA stream with the message
+    before any kernel after it runs. (The Triton kernels also mask rows outside the range.)
+    """
+    if torch.compiler.is_compiling() or index.numel() == 0:
+        return
+    low, high = torch.aminmax(index)
+    if index.device.type == "cpu":
+        low, high = int(low), int(high)
+        if low < 0 or high >= n_keys:
+            raise ValueError(f"index values must lie in [0, Nk) = [0, {n_keys}), got values from {low} to {high}")
+        return
+    torch._assert_async((low >= 0) & (high < n_keys), f"gather_attention: index values must lie in [0, {n_keys})")
+
+
 def gather_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -104,7 +123,7 @@ def gather_attention(
         q: ``(B, heads, Nq, head_dim)``.
         k, v: ``(B, heads, Nk, head_dim)`` (``v`` may have its own last dimension).
         index: ``(B, heads, Nq, K)`` int64 key positions in ``[0, Nk)``, K >= 1.
-        backend: ``"auto"``, ``"torch"``, ``"triton"`` or ``"natten"`` (see :func:`use_backend`).
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :func:`use_backend`).
 
     Returns:
         ``(B, heads, Nq, v.shape[-1])``.
@@ -127,11 +146,7 @@ def gather_attention(
         raise ValueError(
             f"index must have shape (B, heads, Nq, K>=1) = {tuple(q.shape[:3])} + (K,), got {tuple(index.shape)}"
         )
-    n_keys = k.shape[2]
-    if not torch.compiler.is_compiling() and index.numel() > 0:
-        low, high = (int(x) for x in torch.aminmax(index))
-        if low < 0 or high >= n_keys:
-            raise ValueError(f"index values must lie in [0, Nk) = [0, {n_keys}), got values from {low} to {high}")
+    check_index_range(index, k.shape[2])
     scale = check_scale(scale, q.shape[-1])
     impl = resolve("gather_attention", backend, q.device, q=q, k=k, v=v, index=index)
     return impl(q, k, v, index, scale)

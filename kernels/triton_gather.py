@@ -215,7 +215,9 @@ PTX_SHAPES: dict[str, tuple[int, int, int, int, int, int]] = {
 
 def ptx_launches(batch, heads, n_queries, n_keys, listed, head_dim, dtype) -> list[Launch]:
     """The forward and backward launches at one shape, on meta tensors (nothing runs)."""
-    q, grad_q, out, grad_out = (torch.empty(batch, heads, n_queries, head_dim, dtype=dtype, device="meta") for _ in "1234")
+    q, grad_q, out, grad_out = (
+        torch.empty(batch, heads, n_queries, head_dim, dtype=dtype, device="meta") for _ in "1234"
+    )
     k, v = (torch.empty(batch, heads, n_keys, head_dim, dtype=dtype, device="meta") for _ in "12")
     grad_k, grad_v = (torch.empty(batch, heads, n_keys, head_dim, device="meta") for _ in "12")
     index = torch.empty(batch, heads, n_queries, listed, dtype=torch.int64, device="meta")

@@ -122,6 +122,15 @@ if triton is not None:
         return tl.minimum(tl.maximum(pos - KS // 2, 0), length - KS)
 
     @triton.jit
+    def _dot(a, b, PRECISION: tl.constexpr, WIDEN: tl.constexpr):
+        """``tl.dot`` with fp32 accumulation. ``WIDEN`` (interpreter only) widens bf16 operands to fp32 first:
+        Triton 3.8's interpreter multiplies bfloat16 bit patterns in ``tl.dot``; widening is the same arithmetic
+        (bf16 products are exact in fp32)."""
+        if WIDEN:
+            return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        return tl.dot(a, b, input_precision=PRECISION)
+
+    @triton.jit
     def _own_tile(pid, height, width, dilation, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
         """(batch*head, residue row, residue col, sub-map height, width, tile row 0, tile col 0) of a program.
 
@@ -172,7 +181,7 @@ if triton is not None:
         sv_b, sv_h, sv_w, sv_n, sv_d,
         so_b, so_h, so_w, so_n, so_d,
         sr_n, sr_h, sr_w,
-        KS: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+        KS: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
         TILE_H: tl.constexpr, TILE_W: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):  # fmt: skip
@@ -210,7 +219,7 @@ if triton is not None:
             k_cols = (res_c + kc * dilation)[:, None]
             kv_mask = k_ok[:, None] & d_ok[None, :]
             key = tl.load(k_base + k_rows * sk_h + k_cols * sk_w, mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(key), input_precision=PRECISION) * qk_scale
+            s = _dot(q, tl.trans(key), PRECISION, WIDEN) * qk_scale
             visible = _in_window(qr[:, None], qc[:, None], kr[None, :], kc[None, :], sub_h, sub_w, KS)
             visible = visible & k_ok[None, :]
             if HAS_RPB:
@@ -223,7 +232,7 @@ if triton is not None:
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
             value = tl.load(v_base + k_rows * sv_h + k_cols * sv_w, mask=kv_mask, other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(value.dtype), value, input_precision=PRECISION)
+            acc = acc * alpha[:, None] + _dot(p.to(value.dtype), value, PRECISION, WIDEN)
             m_i = m_new
 
         o_ptrs = OUT + b * so_b + n * so_n + rows[:, None] * so_h + cols[:, None] * so_w + d[None, :] * so_d
@@ -242,7 +251,7 @@ if triton is not None:
         sd_b, sd_h, sd_w, sd_n, sd_d,
         sg_b, sg_h, sg_w, sg_n, sg_d,
         sr_n, sr_h, sr_w,
-        KS: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, PRECISION: tl.constexpr,
+        KS: tl.constexpr, HAS_RPB: tl.constexpr, RPB_GRAD: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
         TILE_H: tl.constexpr, TILE_W: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
         BLOCK_D: tl.constexpr, BLOCK_RPB: tl.constexpr,
     ):  # fmt: skip
@@ -259,7 +268,9 @@ if triton is not None:
         q_mask = q_ok[:, None] & d_ok[None, :]
         rows = res_r + qr * dilation
         cols = res_c + qc * dilation
-        q = tl.load(Q + b * sq_b + n * sq_n + rows[:, None] * sq_h + cols[:, None] * sq_w + d[None, :] * sq_d, q_mask, 0.0)
+        q = tl.load(
+            Q + b * sq_b + n * sq_n + rows[:, None] * sq_h + cols[:, None] * sq_w + d[None, :] * sq_d, q_mask, 0.0
+        )
         o_ptrs = OUT + b * so_b + n * so_n + rows[:, None] * so_h + cols[:, None] * so_w + d[None, :] * so_d
         do_ptrs = DOUT + b * sd_b + n * sd_n + rows[:, None] * sd_h + cols[:, None] * sd_w + d[None, :] * sd_d
         dout = tl.load(do_ptrs, mask=q_mask, other=0.0)
@@ -287,7 +298,7 @@ if triton is not None:
             k_cols = (res_c + kc * dilation)[:, None]
             kv_mask = k_ok[:, None] & d_ok[None, :]
             key = tl.load(k_base + k_rows * sk_h + k_cols * sk_w, mask=kv_mask, other=0.0)
-            s = tl.dot(q, tl.trans(key), input_precision=PRECISION) * qk_scale
+            s = _dot(q, tl.trans(key), PRECISION, WIDEN) * qk_scale
             visible = _in_window(qr[:, None], qc[:, None], kr[None, :], kc[None, :], sub_h, sub_w, KS)
             visible = visible & k_ok[None, :] & q_ok[:, None]
             if HAS_RPB:
@@ -296,9 +307,9 @@ if triton is not None:
                 s += tl.load(cell, mask=visible, other=0.0).to(tl.float32) * 1.4426950408889634
             p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
             value = tl.load(v_base + k_rows * sv_h + k_cols * sv_w, mask=kv_mask, other=0.0)
-            dp = tl.dot(dout, tl.trans(value), input_precision=PRECISION)
+            dp = _dot(dout, tl.trans(value), PRECISION, WIDEN)
             ds = p * (dp - delta[:, None])  # gradient of the natural-log logits (scale * q.k + bias)
-            dq += tl.dot(ds.to(key.dtype), key, input_precision=PRECISION)
+            dq += _dot(ds.to(key.dtype), key, PRECISION, WIDEN)
             if RPB_GRAD:
                 # Sum ds by bias cell (kr - qr + k-1, kc - qc + k-1) in registers. Per key row of the block the
                 # row offset depends on the query row alone: reduce each column offset over the block's keys, then
@@ -330,7 +341,7 @@ if triton is not None:
         sd_b, sd_h, sd_w, sd_n, sd_d,
         sg_b, sg_h, sg_w, sg_n, sg_d,
         sr_n, sr_h, sr_w,
-        KS: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr,
+        KS: tl.constexpr, HAS_RPB: tl.constexpr, PRECISION: tl.constexpr, WIDEN: tl.constexpr,
         TILE_H: tl.constexpr, TILE_W: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr,
         BLOCK_D: tl.constexpr,
     ):  # fmt: skip
@@ -371,7 +382,7 @@ if triton is not None:
             dout = tl.load(do_base + rows[:, None] * sd_h + cols[:, None] * sd_w, mask=q_mask, other=0.0)
             lse = tl.load(LSE + row_base + rows * width + cols, mask=q_ok, other=0.0)
             delta = tl.load(DELTA + row_base + rows * width + cols, mask=q_ok, other=0.0)
-            st = tl.dot(key, tl.trans(q), input_precision=PRECISION) * qk_scale  # (keys, queries)
+            st = _dot(key, tl.trans(q), PRECISION, WIDEN) * qk_scale  # (keys, queries)
             visible = _in_window(qr[None, :], qc[None, :], kr[:, None], kc[:, None], sub_h, sub_w, KS)
             visible = visible & q_ok[None, :] & k_ok[:, None]
             if HAS_RPB:
@@ -379,10 +390,10 @@ if triton is not None:
                 cell += (kc[:, None] - qc[None, :] + KS - 1) * sr_w
                 st += tl.load(cell, mask=visible, other=0.0).to(tl.float32) * 1.4426950408889634
             pt = tl.where(visible, tl.exp2(st - lse[None, :]), 0.0)
-            dv += tl.dot(pt.to(dout.dtype), dout, input_precision=PRECISION)
-            dpt = tl.dot(value, tl.trans(dout), input_precision=PRECISION)
+            dv += _dot(pt.to(dout.dtype), dout, PRECISION, WIDEN)
+            dpt = _dot(value, tl.trans(dout), PRECISION, WIDEN)
             dst = pt * (dpt - delta[None, :])
-            dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
+            dk += _dot(dst.to(q.dtype), q, PRECISION, WIDEN)
 
         grad = b * sg_b + n * sg_n + k_rows * sg_h + k_cols * sg_w + d[None, :] * sg_d
         tl.store(DK + grad, (dk * scale).to(DK.dtype.element_ty), mask=k_mask)
@@ -394,6 +405,11 @@ def _precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
     return "tf32"  # ignored for fp16/bf16 operands
+
+
+def _widen(q: torch.Tensor) -> bool:
+    """Widen bf16 dot operands under the interpreter (see ``_dot``); never on a GPU."""
+    return q.device.type == "cpu" and q.dtype == torch.bfloat16
 
 
 def _grid(q: torch.Tensor, dilation: int, config: TileConfig) -> tuple[int]:
@@ -410,6 +426,13 @@ def _rpb_args(rpb: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor, 
     return (q, (0, 0, 0)) if rpb is None else (rpb, rpb.stride())
 
 
+def _common_meta(q, rpb, kernel_size: int, config: TileConfig) -> dict:
+    """Meta-parameters every na2d kernel takes."""
+    return dict(
+        KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), WIDEN=_widen(q), **config.meta()
+    )
+
+
 def forward_launch(q, k, v, rpb, out, lse, kernel_size: int, dilation: int, scale: float) -> Launch:
     """The forward launch writing ``out`` and the base-2 ``lse`` ``(B, heads, H, W)`` float32."""
     batch, height, width, heads, head_dim = q.shape
@@ -420,7 +443,9 @@ def forward_launch(q, k, v, rpb, out, lse, kernel_size: int, dilation: int, scal
         height, width, heads, head_dim, dilation, scale * _LOG2E,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *rpb_strides,
     )  # fmt: skip
-    meta = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), **config.meta())
+    meta = dict(
+        KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), WIDEN=_widen(q), **config.meta()
+    )
     return Launch("na2d forward", _na2d_fwd_kernel, _grid(q, dilation, config), args, meta)
 
 
@@ -431,7 +456,9 @@ def backward_launches(
     batch, height, width, heads, head_dim = q.shape
     config = tile_config(head_dim, kernel_size)
     rpb_t, rpb_strides = _rpb_args(rpb, q)
-    common = dict(KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), **config.meta())
+    common = dict(
+        KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), WIDEN=_widen(q), **config.meta()
+    )
     grid = _grid(q, dilation, config)
     dq_args = (
         q, k, v, rpb_t, out, dout, lse, delta, dq, dq if drpb is None else drpb,
@@ -506,7 +533,21 @@ if triton is not None:
         drpb = torch.zeros(rpb.shape if rpb_grad else 0, dtype=torch.float32, device=q.device)
         if dq.numel() > 0:
             launches = backward_launches(
-                q, k, v, rpb, out, dout, lse, delta, dq, dk, dv, drpb if rpb_grad else None, kernel_size, dilation, scale
+                q,
+                k,
+                v,
+                rpb,
+                out,
+                dout,
+                lse,
+                delta,
+                dq,
+                dk,
+                dv,
+                drpb if rpb_grad else None,
+                kernel_size,
+                dilation,
+                scale,
             )
             for launch in launches:
                 launch()

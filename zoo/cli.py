@@ -85,6 +85,23 @@ def _bench_kernels(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _bench_ptx(args: argparse.Namespace) -> None:
+    from attnzoo import ptx
+
+    print(ptx.HEADER)
+    try:
+        reports = ptx.ptx_suite(progress=lambda line: print(line, flush=True))
+    except ptx.PtxUnavailable as error:
+        raise SystemExit(f"attnzoo bench ptx: {error}") from None
+    if args.out is not None:
+        print(f"wrote {ptx.write_report(reports, args.out, args.argv)}")
+    found = ptx.problems(reports)
+    for problem in found:
+        print(f"PROBLEM: {problem}")
+    if found:
+        raise SystemExit(1)
+
+
 def _timm_model(name: str) -> str:
     """A timm model name (attnzoo's registered too); otherwise an argparse error listing close names."""
     message = bench.unknown_model_message(name)
@@ -268,6 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     blocks.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for the JSON report")
     blocks.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
     blocks.set_defaults(run=_bench_blocks)
+
+    ptx = suites.add_parser(
+        "ptx",
+        help="compile every Triton kernel for sm_80/sm_90 (no GPU needed): tensor-core instructions, registers, spills",
+        description=(
+            "Compile each Triton kernel of attnzoo.kernels with the launch parameters backend='auto' uses at "
+            "NAT-Tiny's stage-1 shape (B=64, 56x56, 2 heads, d=32, k=7, rpb; forward and backward) and at "
+            "gather_attention's QuadTree and Sparsifiner shapes, in bf16 and fp16, for sm_80 and sm_90, through "
+            "Triton's GPUTarget and its bundled ptxas. Prints and writes per kernel and arch: mma/wgmma "
+            "instructions in the PTX, atomics, registers per thread, spilled bytes and shared memory. Exits with "
+            "status 1 when an na2d kernel has no tensor-core instruction or any kernel spills. "
+            "Run it without TRITON_INTERPRET=1."
+        ),
+    )
+    ptx.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for ptx.json (default: benchmarks/)")
+    ptx.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
+    ptx.set_defaults(run=_bench_ptx)
 
     listing = commands.add_parser("list", help="the models attnzoo registers in timm, with their weights")
     listing.add_argument("pattern", nargs="?", default="*", help="glob over model names (default: all)")

@@ -11,11 +11,16 @@ registers per thread, spilled bytes and shared memory per program.
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
 import re
+import shlex
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -36,6 +41,7 @@ class KernelReport:
     shape: str
     mma: int  # tensor-core instructions in the PTX (mma.sync + wgmma.mma_async)
     wgmma: int
+    atomics: int  # atom.* / red.* instructions in the PTX (each may be unrolled over a thread's elements)
     registers: int
     spill_bytes: int  # spill stores + spill loads reported by ptxas
     shared_bytes: int
@@ -57,7 +63,11 @@ def _launches() -> list[tuple[str, str, list]]:
         cases.append((dtype_name, shape, triton_na2d.ptx_launches(NAT_TINY_STAGE1, dtype, 7, 1)))
         for name, spec in triton_gather.PTX_SHAPES.items():
             shape = f"gather_attention {name}: B={spec[0]} heads={spec[1]} Nq={spec[2]} Nk={spec[3]} K={spec[4]}"
-            cases.append((dtype_name, shape, triton_gather.ptx_launches(*spec, dtype=dtype)))
+            launches = [
+                replace(launch, name=f"{launch.name} {name}")
+                for launch in triton_gather.ptx_launches(*spec, dtype=dtype)
+            ]
+            cases.append((dtype_name, shape, launches))
     return cases
 
 
@@ -119,6 +129,11 @@ def count_mma(ptx: str) -> tuple[int, int]:
     return mma + wgmma, wgmma
 
 
+def count_atomics(ptx: str) -> int:
+    """Global atomic instructions (``atom.*``, ``red.*``) in PTX text."""
+    return len(re.findall(r"^\s*(?:@%p\d+\s+)?(?:atom|red)\.", ptx, re.MULTILINE))
+
+
 def ptx_suite(progress=None) -> list[KernelReport]:
     """Compile every case for every arch in :data:`ARCHS`; ``progress`` (a callable) hears one line per kernel."""
     if triton_na2d.triton is None:
@@ -138,6 +153,7 @@ def ptx_suite(progress=None) -> list[KernelReport]:
                     shape=shape,
                     mma=mma,
                     wgmma=wgmma,
+                    atomics=count_atomics(ptx),
                     registers=registers,
                     spill_bytes=spills,
                     shared_bytes=int(compiled.metadata.shared),
@@ -150,15 +166,57 @@ def ptx_suite(progress=None) -> list[KernelReport]:
     return reports
 
 
-HEADER = f"{'kernel':<24} {'arch':<6} {'dtype':<9} {'mma':>5} {'wgmma':>5} {'regs':>5} {'spill B':>7} {'smem B':>7}"
+HEADER = (
+    f"{'kernel':<28} {'arch':<6} {'dtype':<9} {'mma':>5} {'wgmma':>5} {'atomics':>7} {'regs':>5} {'spill B':>7} "
+    f"{'smem B':>7}"
+)
 
 
 def format_row(r: KernelReport) -> str:
     return (
-        f"{r.kernel:<24} {r.arch:<6} {r.dtype:<9} {r.mma:>5} {r.wgmma:>5} {r.registers:>5} "
+        f"{r.kernel:<28} {r.arch:<6} {r.dtype:<9} {r.mma:>5} {r.wgmma:>5} {r.atomics:>7} {r.registers:>5} "
         f"{r.spill_bytes:>7} {r.shared_bytes:>7}"
     )
 
 
-def as_dicts(reports: list[KernelReport]) -> list[dict]:
-    return [asdict(r) for r in reports]
+def problems(reports: list[KernelReport]) -> list[str]:
+    """What the test and the command flag: an na2d kernel without tensor-core instructions, or any kernel spilling."""
+    found = []
+    for r in reports:
+        where = f"{r.kernel} ({r.arch}, {r.dtype})"
+        if r.kernel.startswith("na2d") and r.mma == 0:
+            found.append(f"{where} has no mma/wgmma instruction: its GEMMs run on CUDA cores")
+        if r.spill_bytes > 0:
+            found.append(f"{where} spills {r.spill_bytes} bytes per thread")
+    return found
+
+
+def write_report(reports: list[KernelReport], out_dir: Path, argv: list[str]) -> Path:
+    """``out_dir/ptx.json``: the rows, the problems, the command and the compiler's versions."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "suite": "ptx",
+        "command": shlex.join(["attnzoo", *argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {name: _version(name) for name in ("attnzoo", "torch", "triton")},
+        "ptxas": {f"sm_{arch}": _ptxas_version(arch) for arch in ARCHS},
+        "settings": {"archs": [f"sm_{a}" for a in ARCHS], "dtypes": list(DTYPES), "na2d_shape": NAT_TINY_STAGE1},
+        "problems": problems(reports),
+        "results": [asdict(r) for r in reports],
+    }
+    path = out_dir / "ptx.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def _ptxas_version(arch: int) -> str:
+    text = subprocess.run([_ptxas(arch), "--version"], capture_output=True, text=True).stdout
+    found = re.search(r"release (\S+), (V\S+)", text)
+    return found.group(2) if found else text.strip().splitlines()[-1]
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

@@ -33,7 +33,7 @@ def maps():
 
 
 def test_every_backend_is_registered_and_the_cpu_can_run_torch():
-    assert set(_dispatch._REGISTRY["na2d"]) == {"torch", "triton", "natten"}
+    assert set(_dispatch._REGISTRY["na2d"]) == {"torch", "triton", "flex", "natten"}
     assert set(_dispatch._REGISTRY["gather_attention"]) == {"torch", "triton"}
     assert "torch" in available_backends("na2d") and "torch" in available_backends("gather_attention")
 
@@ -107,7 +107,7 @@ def test_precedence_argument_context_environment(fake_backends, monkeypatch):
 
 def test_bad_names_are_rejected_where_they_are_given(monkeypatch):
     with pytest.raises(
-        ValueError, match=r"use_backend\(name\) must be one of 'auto', 'torch', 'triton', 'natten'; got 'cuda'"
+        ValueError, match=r"use_backend\(name\) must be one of 'auto', 'torch', 'triton', 'flex', 'natten'; got 'cuda'"
     ):
         with use_backend("cuda"):
             pass

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from attnzoo.kernels import gather_attention
+from attnzoo.kernels.ops import check_index_range
 from tests.kernels.reference import dense_gather_attention
 
 
@@ -46,3 +47,28 @@ def test_compile_fullgraph():
     q, k, v, index = [t.float() if t.is_floating_point() else t for t in inputs(1, 2, 8, 12, 4, 5)]
     compiled = torch.compile(lambda *t: gather_attention(*t), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(q, k, v, index), gather_attention(q, k, v, index))
+
+
+def test_index_range_check_reads_nothing_back_off_the_cpu():
+    """Off the CPU the range check is a queued device assertion: a meta index (no values to read) passes through.
+
+    A host read (``int()``, ``.item()``) of a meta tensor raises, so this fails if the check synchronises.
+    """
+    index = torch.empty(2, 3, 5, 4, dtype=torch.int64, device="meta")
+    check_index_range(index, 7)
+    with pytest.raises(ValueError, match=r"\[0, 7\), got values from 0 to 9"):
+        check_index_range(torch.tensor([[[[0, 9]]]]), 7)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_gpu_gather_attention_does_not_synchronise(backend):
+    q, k, v = (torch.randn(2, 3, 50, 32, device="cuda") for _ in range(3))
+    index = torch.randint(0, 50, (2, 3, 50, 8), device="cuda")
+    gather_attention(q, k, v, index, backend=backend)  # warm-up: lazy initialisation may synchronise
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        gather_attention(q, k, v, index, backend=backend)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
