@@ -130,10 +130,27 @@ def _plan(height: int, width: int, kernel_size: int, dilation: int, device: torc
     return tokens, mask
 
 
+FLEX_RECOMPILE_LIMIT = 64
+"""Graphs kept per process for the compiled FlexAttention call: one per (map, batch, heads, dtype) met.
+
+The compiled call is specialised per shape (``dynamic=False``, as NATTEN does; a dynamic-shape
+FlexAttention graph failed to build on the CPU here), and a model meets one shape per stage and batch
+size, so torch's default of 8 graphs would soon send calls back to the uncompiled, dense path.
+"""
+
+
 @functools.cache
 def _compiled_flex():
     """FlexAttention compiled once per process: uncompiled, it scores every token against every other."""
     return torch.compile(flex_attention, dynamic=False)
+
+
+def _attend(q, k, v, score_mod, mask, scale):
+    """Compiled on CUDA; inside a caller's ``torch.compile`` the caller's compilation fuses it."""
+    if q.device.type != "cuda" or torch.compiler.is_compiling():
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=mask, scale=scale)
+    with torch._dynamo.config.patch(recompile_limit=FLEX_RECOMPILE_LIMIT):
+        return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=mask, scale=scale)
 
 
 def block_mask(height: int, width: int, kernel_size: int, dilation: int, device) -> BlockMask:
@@ -152,8 +169,7 @@ def na2d_flex(q, k, v, kernel_size: int, dilation: int, rpb, scale: float, attn_
         return t.reshape(batch, height * width, heads, head_dim)[:, tokens.order].transpose(1, 2)
 
     score_mod = None if rpb is None else bias_score_mod(tokens, kernel_size, rpb.to(torch.float32))
-    attend = _compiled_flex() if q.device.type == "cuda" else flex_attention
-    out = attend(to_sequence(q), to_sequence(k), to_sequence(v), score_mod=score_mod, block_mask=mask, scale=scale)
+    out = _attend(to_sequence(q), to_sequence(k), to_sequence(v), score_mod, mask, scale)
     out = out.transpose(1, 2)[:, tokens.inverse]
     return out.reshape(batch, height, width, heads, head_dim)
 

@@ -4,6 +4,10 @@ Timings themselves are not asserted (they would be flaky); only that every case 
 """
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -172,3 +176,14 @@ def test_bench_models_rejects_bad_input_without_a_traceback(argv, messages, caps
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and all(m in err for m in messages)
+
+
+def test_gpu_check_script_refuses_a_machine_without_cuda(tmp_path):
+    """benchmarks/gpu_check.sh parses, and on a machine without CUDA stops at once with status 2, saying why."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the script would run the whole check")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.sh"
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "no CUDA device" in (tmp_path / "gpu-check.log").read_text()
