@@ -41,6 +41,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
         ((1, 12, 11, 1, 16), 11, 1, True, None),
         ((1, 14, 13, 1, 16), 13, 1, True, None),  # k=13: bias table 25x25, halo wider than one 16-key block
         ((1, 13, 17, 1, 16), 3, 4, True, None),  # dilation that divides neither side
+        ((1, 9, 8, 1, 64), 5, 1, True, None),
+        ((1, 8, 9, 1, 128), 3, 1, True, None),  # widest head: 8 warps
+        ((1, 10, 9, 1, 100), 3, 1, False, None),  # wide head below its power-of-two block
     ],
 )
 def test_matches_torch_in_float32(shape, kernel_size, dilation, with_rpb, scale):
@@ -93,6 +96,12 @@ def test_gradients_are_deterministic_without_bias_and_refused_with_it_in_determi
             run("triton", q, k, v, rpb, grad, 3, 1)
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+def test_empty_batch():
+    q, k, v, rpb, grad = make_inputs((0, 7, 9, 2, 16), 3, seed=3)
+    got = run("triton", q, k, v, rpb, grad, 3, 1)
+    assert got[0].shape == q.shape and float(got[4].abs().sum()) == 0.0
 
 
 def test_tile_config_covers_the_halo_in_one_block_row():
