@@ -213,7 +213,7 @@ class AgentAttention(nn.Module):
         # is not a multiple of the grid). Pooling is per channel, so it commutes with the head split.
         q_map = q[:, prefix:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
         agents = F.adaptive_avg_pool2d(q_map, self.agent_grid).flatten(2).transpose(1, 2)  # (B, n, C)
-        agents = agents.reshape(batch, -1, heads, head_dim).transpose(1, 2)  # (B, h, n, d)
+        agents = agents.reshape(batch, agents.shape[1], heads, head_dim).transpose(1, 2)  # (B, h, n, d)
         # Local term: depthwise 3x3 conv of the patch values (channels-last memory), added to patch tokens only.
         v_map = v[:, prefix:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
         local = self.dwc(v_map).permute(0, 2, 3, 1).reshape(batch, height * width, channels)

@@ -91,7 +91,7 @@ class HiLo(nn.Module):
         pooled = x
         if self.ws > 1:
             pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws, self.ws).permute(0, 2, 3, 1)
-        kv = self.l_kv(pooled).reshape(batch, -1, 2, heads, d).permute(2, 0, 3, 1, 4)
+        kv = self.l_kv(pooled).reshape(batch, pooled.shape[1] * pooled.shape[2], 2, heads, d).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=self.scale)
         return self.l_proj(out.transpose(1, 2).reshape(batch, height, width, self.l_dim))
 

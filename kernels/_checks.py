@@ -6,6 +6,7 @@ the GPU and are traced away by ``torch.compile``.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -41,11 +42,15 @@ def check_int(name: str, value: object, minimum: int) -> int:
 
 
 def check_scale(scale: object, head_dim: int) -> float:
-    """``scale`` or, when ``None``, the usual ``head_dim ** -0.5``."""
+    """``scale`` or, when ``None``, the usual ``head_dim ** -0.5``; a NaN or infinite scale is an error."""
+    if head_dim < 1:
+        raise ValueError(f"head_dim (the last dimension of q) must be >= 1, got {head_dim}")
     if scale is None:
         return head_dim**-0.5
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a real number or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
     return float(scale)
 
 

@@ -102,6 +102,8 @@ def unsupported(q, k, v, kernel_size: int, rpb=None, attn_drop: float = 0.0, **_
         )
     if kernel_size < 2:
         return f"NATTEN needs kernel_size >= 2, got {kernel_size}"
+    if q.numel() == 0:
+        return "NATTEN cannot run on empty tensors (batch 0)"
     return _natten_refusal(q, k, v, kernel_size)
 
 

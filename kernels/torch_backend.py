@@ -105,7 +105,7 @@ def na2d_torch(q, k, v, kernel_size: int, dilation: int, rpb, scale: float, attn
 
     def tiled(x, row_index, col_index, size_r, size_c):
         """(B, H, W, h, d) -> (B, h, tiles_r, tiles_c, size_r * size_c, d) gathered at the given positions."""
-        x = x[:, row_index][:, :, col_index].view(batch, tiles_r, size_r, tiles_c, size_c, heads, -1)
+        x = x[:, row_index][:, :, col_index].view(batch, tiles_r, size_r, tiles_c, size_c, heads, x.shape[-1])
         return x.permute(0, 5, 1, 3, 2, 4, 6).reshape(batch, heads, tiles_r, tiles_c, size_r * size_c, x.shape[-1])
 
     q_tiles = tiled(q, rows.queries, cols.queries, rows.tile, cols.tile)
@@ -124,8 +124,9 @@ def na2d_torch(q, k, v, kernel_size: int, dilation: int, rpb, scale: float, attn
     if attn_drop > 0.0:
         attn = torch.nn.functional.dropout(attn, attn_drop)
     out = attn @ v_halo  # (B, h, tiles_r, tiles_c, T*T, d)
-    out = out.view(batch, heads, tiles_r, tiles_c, rows.tile, cols.tile, -1).permute(0, 2, 4, 3, 5, 1, 6)
-    out = out.reshape(batch, tiles_r * rows.tile, tiles_c * cols.tile, heads, -1)
+    head_dim_v = v.shape[-1]
+    out = out.view(batch, heads, tiles_r, tiles_c, rows.tile, cols.tile, head_dim_v).permute(0, 2, 4, 3, 5, 1, 6)
+    out = out.reshape(batch, tiles_r * rows.tile, tiles_c * cols.tile, heads, head_dim_v)
     return out[:, rows.slot_of_position][:, :, cols.slot_of_position]
 
 
@@ -133,8 +134,8 @@ def gather_attention_torch(q, k, v, index, scale: float) -> torch.Tensor:
     """Attention of each query over the keys ``index`` lists, by gathering them."""
     batch, heads, n_queries, keys_per_query = index.shape
     flat = index.reshape(batch, heads, n_queries * keys_per_query, 1)
-    k_sel = k.gather(2, flat.expand(-1, -1, -1, k.shape[-1])).view(batch, heads, n_queries, keys_per_query, -1)
-    v_sel = v.gather(2, flat.expand(-1, -1, -1, v.shape[-1])).view(batch, heads, n_queries, keys_per_query, -1)
+    k_sel = k.gather(2, flat.expand(-1, -1, -1, k.shape[-1])).view(batch, heads, n_queries, keys_per_query, k.shape[-1])
+    v_sel = v.gather(2, flat.expand(-1, -1, -1, v.shape[-1])).view(batch, heads, n_queries, keys_per_query, v.shape[-1])
     logits = ((q.unsqueeze(-2) * scale) @ k_sel.transpose(-1, -2)).squeeze(-2)  # (B, h, Nq, K)
     attn = logits.to(_softmax_dtype(q.dtype)).softmax(dim=-1).to(v.dtype)
     return (attn.unsqueeze(-2) @ v_sel).squeeze(-2)

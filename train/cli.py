@@ -14,8 +14,13 @@ What this CLI adds to Lightning's:
 * two checkpoint callbacks under ``trainer.default_root_dir/checkpoints``: ``checkpoint`` keeps ``best.ckpt``
   (``val/acc1`` by default; the detection and segmentation YAMLs set ``checkpoint.monitor``, e.g. ``val/map_50``,
   ``val/miou``) and ``last_checkpoint`` keeps ``last.ckpt`` (each epoch, every
-  ``last_checkpoint.every_n_train_steps`` if set, and on Ctrl-C or an exception), which
-  ``--ckpt_path last`` resumes from;
+  ``last_checkpoint.every_n_train_steps`` if set, when training ends, and on Ctrl-C or an exception), which
+  ``--ckpt_path last`` resumes from (an error when there is none); neither gets a ``-v1`` suffix;
+* a run folder belongs to one run: a second ``fit`` into it while one runs is refused (a lock), and a new
+  ``fit`` into a folder holding checkpoints is refused unless it continues (``--ckpt_path``) or says
+  ``--overwrite true``;
+* every checkpoint, local or URL, is read with ``weights_only=True``: reading one never executes code;
+* checkpoints are written atomically (:mod:`attnzoo.train.checkpoint_io`): a kill leaves the old file or the new;
 * ``trainer.logger: null`` (the default) means a CSV and a TensorBoard logger under
   ``trainer.default_root_dir`` (``csv/version_N/metrics.csv``, ``tensorboard/version_N``);
 * no automatic ``--optimizer``/``--lr_scheduler`` arguments: the task builds timm's optimizer and
@@ -24,15 +29,38 @@ What this CLI adds to Lightning's:
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-__all__ = ["AttnzooCLI", "main"]
+from .checkpoint_io import AtomicCheckpointIO, remove_partial_writes
+
+__all__ = ["AttnzooCLI", "LastCheckpoint", "RunFolderError", "main"]
+
+LOCK_NAME = ".attnzoo-train.lock"
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot take this command: in use by another ``fit``, or holding another run's checkpoints."""
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt``: Lightning's checkpoint callback, plus a save when training ends.
+
+    With ``every_n_train_steps`` set, Lightning stops saving at epoch ends, so a finished run's last.ckpt
+    would hold the last multiple of the step count rather than the final state.
+    """
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        if not self._should_skip_saving_checkpoint(trainer):
+            self._save_none_monitor_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def checkpoint_dir(default_root_dir: str | None) -> str:
@@ -57,25 +85,105 @@ class AttnzooCLI(LightningCLI):
                 "checkpoint.filename": "best",
                 "checkpoint.save_top_k": 1,
                 "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.enable_version_counter": False,  # best.ckpt is always this run's, never best-v1.ckpt
             }
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.add_lightning_class_args(LastCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "last_checkpoint.monitor": None,
                 "last_checkpoint.filename": "last",
                 "last_checkpoint.save_top_k": 1,  # with no monitor: the latest state replaces the previous one
                 "last_checkpoint.save_on_exception": True,
+                "last_checkpoint.enable_version_counter": False,
             }
+        )
+        parser.add_argument(
+            "--overwrite",
+            type=bool,
+            default=False,
+            help="fit: start afresh in a run folder that holds an earlier run's checkpoints (they are deleted first)",
         )
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
 
+    _lock: IO | None = None
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        """Every checkpoint is read without running code; ``fit`` claims its run folder; ``last`` must exist."""
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if kwargs.get("weights_only") is False:
+            raise RunFolderError(
+                "--weights_only false would let a checkpoint execute code when it is read; attnzoo-train always reads "
+                "checkpoints with weights_only=True"
+            )
+        kwargs["weights_only"] = True  # Lightning would unpickle a checkpoint URL with weights_only=False
+        root = Path(self.trainer.default_root_dir)
+        if subcommand == "fit":
+            self._claim_run_folder(root, kwargs.get("ckpt_path"), self.config_init[subcommand].get("overwrite", False))
+        if kwargs.get("ckpt_path") == "last":
+            last = Path(checkpoint_dir(str(root))) / "last.ckpt"
+            if not last.is_file():
+                raise RunFolderError(f"--ckpt_path last: there is no {last} to resume from")
+            kwargs["ckpt_path"] = str(last)
+        return kwargs
+
+    def _claim_run_folder(self, root: Path, ckpt_path: Any, overwrite: bool) -> None:
+        """Lock the folder for this process (a second ``fit`` is refused) and keep earlier runs' files apart.
+
+        The lock is an advisory ``flock`` on a file in the folder: the OS drops it when the process ends,
+        however it ends, so a killed run never leaves the folder locked.
+        """
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / LOCK_NAME, "a+")  # noqa: SIM115  (held until the command ends)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise RunFolderError(
+                f"run folder {root} is in use by another attnzoo-train fit ({owner}); wait for it to finish or "
+                "choose another --trainer.default_root_dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        self._lock = handle
+        remove_partial_writes(Path(checkpoint_dir(str(root))))  # left by a writer that was killed
+        earlier = sorted(Path(checkpoint_dir(str(root))).glob("*.ckpt"))
+        if earlier and ckpt_path is None:
+            if not overwrite:
+                self._release_run_folder()
+                names = ", ".join(p.name for p in earlier)
+                raise RunFolderError(
+                    f"run folder {root} holds an earlier run's checkpoints ({names}); continue it with "
+                    "--ckpt_path last, start afresh with --overwrite true (deletes them), or choose another "
+                    "--trainer.default_root_dir"
+                )
+            for path in earlier:
+                path.unlink()
+
+    def _release_run_folder(self) -> None:
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        finally:
+            self._release_run_folder()
+
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             kwargs["logger"] = default_loggers(trainer_config.get("default_root_dir"))
+        if not trainer_config.get("plugins") and "plugins" not in kwargs:
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         return super().instantiate_trainer(**kwargs)
 
 
@@ -103,7 +211,10 @@ def build_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) ->
 
 def main(args: list[str] | None = None) -> None:
     """Console script ``attnzoo-train``; returns ``None`` so that a successful run exits with status 0."""
-    build_cli(args)
+    try:
+        build_cli(args)
+    except RunFolderError as error:
+        raise SystemExit(f"attnzoo-train: error: {error}") from None
 
 
 if __name__ == "__main__":

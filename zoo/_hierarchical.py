@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, checkpoint_seq
+from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
+
+from .weights import build_model_with_cfg
 
 
 class Stage(nn.Module):

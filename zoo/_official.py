@@ -86,6 +86,16 @@ def check_config_keys(family: str, config: Mapping, known: Iterable[str]) -> Non
         raise ValueError(f"{family}: unsupported authors' constructor argument(s) {unknown}; known: {sorted(known)}")
 
 
+def _check_depths(config: Mapping) -> None:
+    """Stage depths must be positive integers: a zero or negative depth would build an empty stage silently."""
+    for key in ("depths", "depth"):
+        value = config.get(key)
+        values = value if isinstance(value, (list, tuple)) else [] if value is None else [value]
+        bad = [d for d in values if isinstance(d, bool) or not isinstance(d, int) or d < 1]
+        if bad:
+            raise ValueError(f"config[{key!r}] must hold integers >= 1 (blocks per stage), got {value!r}")
+
+
 def from_official(entrypoint: str, config: Mapping | None = None, state_dict: Mapping | None = None) -> nn.Module:
     """Build ``entrypoint`` for the authors' constructor arguments ``config`` and load their weights.
 
@@ -102,6 +112,7 @@ def from_official(entrypoint: str, config: Mapping | None = None, state_dict: Ma
             raise TypeError(f"config must be a mapping of the authors' constructor arguments, got {type(config)}")
         # the entrypoint itself, not timm.create_model, which drops None-valued keywords (e.g. layer_scale=None)
         name, tag = split_model_name_tag(entrypoint)
+        _check_depths(config)
         kwargs = fmt.config_to_kwargs(dict(config))
         model = model_entrypoint(name)(pretrained=False, pretrained_cfg=tag or None, **kwargs)
     if state_dict is not None:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import to_2tuple
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, swin_transformer
+from timm.models import generate_default_cfgs, register_model, swin_transformer
 from timm.models import vision_transformer as vit
 from timm.models._features_fx import register_notrace_module
 from torch import nn
@@ -49,8 +49,9 @@ from attnzoo.blocks.agent import AgentAttention
 
 from ._hierarchical import build_hierarchical
 from ._official import OfficialFormat, check_config_keys, register_official, unwrap_state_dict
-from .graft import graft
+from .graft import check_nonempty_batch, graft
 from .pvt import PatchEmbedPos, PyramidVisionTransformerV1, stage_grid_sizes
+from .weights import build_model_with_cfg
 
 __all__ = ["AgentPVT", "AgentSwinTransformer", "AgentVisionTransformer"]
 
@@ -252,6 +253,10 @@ class AgentSwinTransformer(swin_transformer.SwinTransformer):
 
     def set_input_size(self, *args, **kwargs) -> None:
         _fixed_size(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_nonempty_batch(x)
+        return super().forward_features(x)
 
 
 def swin_checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:

@@ -29,6 +29,15 @@ SEQUENCE_MIXERS = ("agent", "sparsifiner")
 
 
 # --- adapters: the host's calling convention -> channels-last maps ---------------------------------
+def check_nonempty_batch(x: torch.Tensor) -> None:
+    """timm's Swin and PVTv2 layers reshape with ``-1``, which an empty batch makes ambiguous: say so instead."""
+    if x.shape[0] == 0:
+        raise ValueError(
+            f"batch size must be >= 1 for this model (timm's layers cannot reshape an empty batch), "
+            f"got input of shape {tuple(x.shape)}"
+        )
+
+
 class WindowMixer(nn.Module):
     """Swin/DaViT window attention: ``(windows, ws*ws, C)`` -> mixer on ``(windows, ws, ws, C)``.
 
@@ -225,9 +234,19 @@ def _host_defaults(site: Site, mixer: str, model: nn.Module) -> dict:
             return dict(window_size=tuple(math.ceil(s / (4 * 2**site.stage)) for s in size))
         if site.host == "vit":
             return dict(window_size=tuple(model.patch_embed.grid_size), num_prefix_tokens=model.num_prefix_tokens)
-    if mixer == "sparsifiner" and site.host == "vit":
-        grid = model.patch_embed.grid_size
-        return dict(num_tokens=grid[0] * grid[1] + model.num_prefix_tokens)
+    if mixer == "sparsifiner":  # built for a token count: the host's window, stage map or patch grid
+        if site.host == "vit":
+            grid = model.patch_embed.grid_size
+            return dict(num_tokens=grid[0] * grid[1] + model.num_prefix_tokens)
+        if site.host == "swin" or isinstance(site.block, davit.SpatialBlock):
+            return dict(num_tokens=math.prod(site.block.window_size))
+        if site.host == "pvt_v2":
+            size = (model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-2:]
+            return dict(num_tokens=math.prod(math.ceil(s / (4 * 2**site.stage)) for s in size))
+        raise ValueError(
+            f"mixer 'sparsifiner' is built for a fixed token count, which {site.host} blocks of this kind do not "
+            "have; graft it into ViT/DeiT, Swin, PVTv2 or DaViT's spatial blocks"
+        )
     return {}
 
 
@@ -243,6 +262,12 @@ def _adapter(site: Site, mixer_name: str, mixer: nn.Module, model: nn.Module) ->
     if site.host == "focalnet":
         return ChannelsFirstMixer(mixer)
     takes_sequence = mixer_name in SEQUENCE_MIXERS
+    if getattr(model, "dynamic_img_size", False) and not takes_sequence:
+        raise ValueError(
+            f"mixer {mixer_name!r} works on maps, and a ViT built with dynamic_img_size=True does not tell its blocks "
+            "the patch grid of each input; build the ViT with a fixed img_size, or graft one of "
+            f"{list(SEQUENCE_MIXERS)}"
+        )
     if model.num_prefix_tokens and not takes_sequence:
         raise ValueError(
             f"mixer {mixer_name!r} works on maps and cannot take this ViT's {model.num_prefix_tokens} prefix (class) "

@@ -30,6 +30,7 @@ class), so nothing is excluded from weight decay beyond timm's usual 1-D paramet
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ from timm.layers import DropPath
 from timm.models import generate_default_cfgs, register_model
 from timm.models._features_fx import register_notrace_module
 from torch import nn
-from torchvision.ops import DeformConv2d
+from torchvision.ops import DeformConv2d, deform_conv2d
 
 from attnzoo.blocks.hilo import HiLo
 
@@ -95,8 +96,38 @@ class DeformableTokenMerging(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)
         x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-        x = self.dconv(x, self.conv_offset(x))
+        x = self._deform(x, self.conv_offset(x))
         return self.act(self.norm(x)).permute(0, 2, 3, 1)
+
+    def _deform(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        """torchvision's deform conv, made safe: NaN/inf offsets give NaN outputs, never a crash.
+
+        torchvision's CPU kernel turns a non-finite or huge offset into an out-of-bounds read (SIGSEGV), and
+        it has no half-precision CPU kernel (so autocast fails there). Offsets are clamped to the map's
+        size plus two, beyond which every tap reads zero anyway (exact), non-finite ones are zeroed and their
+        outputs set to NaN afterwards, and half inputs are computed in float32.
+        """
+        limit = float(x.shape[-2] + x.shape[-1] + 2)
+        finite = torch.isfinite(offset).all(dim=1, keepdim=True)
+        offset = offset.nan_to_num(0.0, 0.0, 0.0).clamp(-limit, limit)
+        dtype = torch.promote_types(x.dtype, offset.dtype)
+        if dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32  # as torchvision's own autocast rule for this op on CUDA
+        weight, bias = self.dconv.weight, self.dconv.bias
+        autocast_off = (
+            torch.autocast(x.device.type, enabled=False) if x.device.type in ("cpu", "cuda") else nullcontext()
+        )
+        with autocast_off:
+            out = deform_conv2d(
+                x.to(dtype),
+                offset.to(dtype),
+                weight.to(dtype),
+                None if bias is None else bias.to(dtype),
+                stride=self.dconv.stride,
+                padding=self.dconv.padding,
+                dilation=self.dconv.dilation,
+            )
+        return out.masked_fill(~finite, float("nan"))
 
 
 # shape-dependent padding and torchvision's deform_conv2d argument checks: FX keeps these as leaves

@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import re
 
+import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, pvt_v2, register_model
+from timm.models import generate_default_cfgs, pvt_v2, register_model
 from timm.models._features_fx import register_notrace_module
 from torch import nn
 
 from attnzoo.blocks.quadtree import ATTN_TYPES, QuadTreeAttention
 
 from ._official import OfficialFormat, check_config_keys, register_official, unwrap_state_dict
-from .graft import graft
+from .graft import check_nonempty_batch, graft
+from .weights import build_model_with_cfg
 
 __all__ = ["QuadTreePVT"]
 
@@ -82,6 +84,10 @@ class QuadTreePVT(pvt_v2.PyramidVisionTransformerV2):
         for stage in self.stages:
             for block in stage.blocks:
                 block.attn.mixer.apply(self._init_weights)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_nonempty_batch(x)
+        return super().forward_features(x)
 
 
 # --- the authors' checkpoints -------------------------------------------------------------------

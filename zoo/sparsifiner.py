@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, vision_transformer
+from timm.models import generate_default_cfgs, register_model, vision_transformer
 from timm.models._features_fx import register_notrace_module
 from torch import nn
 
@@ -45,6 +45,7 @@ from attnzoo.blocks.sparsifiner import SparsifinerAttention, attn_recon_loss
 
 from ._official import OfficialFormat, check_config_keys, register_official, unwrap_state_dict
 from .graft import PrefixedSequenceMixer, graft
+from .weights import build_model_with_cfg
 
 __all__ = [
     "MissingPredictorWarning",

@@ -28,3 +28,17 @@ class RecordStart(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.start_step, self.start_epoch = trainer.global_step, trainer.current_epoch
+
+
+class KillAt(Callback):
+    """SIGKILL this process (no clean-up, no save) once ``global_step`` reaches ``step``: a crash, not a Ctrl-C."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -7,6 +7,7 @@ also prove that timm applies the family's ``checkpoint_filter_fn`` when it loads
 import functools
 import hashlib
 import http.server
+import json
 import threading
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 from timm.models import set_pretrained_check_hash
 
 import attnzoo
+from attnzoo import weights
 from tests.fixtures import FIXTURES
 
 
@@ -114,6 +116,40 @@ def test_a_url_whose_content_does_not_match_its_sha256_is_refused(server, hub_di
             pretrained_cfg_overlay=dict(url=f"{base_url}/{name}"),
             **fixture["kwargs"],
         )
+
+
+def create_from(base_url, name, fixture):
+    return timm.create_model(
+        fixture["entrypoint"],
+        pretrained=True,
+        pretrained_cfg_overlay=dict(url=f"{base_url}/{name}"),
+        **fixture["kwargs"],
+    )
+
+
+def test_a_downloaded_file_that_changes_after_its_first_use_is_refused_by_name(server, hub_dir, fixture):
+    """No hash in the name or the registry: the first download's SHA-256 is recorded and checked afterwards."""
+    root, base_url = server
+    torch.save(fixture["state_dict"], root / "plain.pth")
+    create_from(base_url, "plain.pth", fixture)
+    records = json.loads((hub_dir / weights.RECORD_NAME).read_text())
+    cached = hub_dir / "checkpoints" / "plain.pth"
+    assert records == {f"{base_url}/plain.pth": hashlib.sha256(cached.read_bytes()).hexdigest()}
+    create_from(base_url, "plain.pth", fixture)  # unchanged: loads again
+    state = dict(fixture["state_dict"])
+    first = next(iter(state))
+    state[first] = state[first] + 1.0
+    torch.save(state, cached)  # the cached file changes (corruption, tampering)
+    with pytest.raises(weights.WeightsHashError, match=r"weights file .*plain.pth .* has SHA-256 .* recorded at its"):
+        create_from(base_url, "plain.pth", fixture)
+
+
+def test_a_registered_sha256_is_checked(server, hub_dir, fixture, monkeypatch):
+    root, base_url = server
+    torch.save(fixture["state_dict"], root / "release.pth")
+    monkeypatch.setitem(weights.SHA256, f"{base_url}/release.pth", "0" * 64)
+    with pytest.raises(weights.WeightsHashError, match=r"release.pth .* but 0{64} was registered"):
+        create_from(base_url, "release.pth", fixture)
 
 
 def test_registered_weights_point_at_the_authors_release(fixture):
