@@ -10,6 +10,7 @@ resized crop, flips, colour jitter, RandAugment/AutoAugment, random erasing); ev
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,31 @@ from timm.utils.misc import natural_key
 from ._splits import SplitDataModule
 
 __all__ = ["ImageFolderData"]
+
+_log = logging.getLogger(__name__)
+_MAX_SKIPS = 20  # consecutive unreadable images before giving up, as timm
+
+
+class NamedImageDataset(ImageDataset):
+    """timm's ImageDataset, but an unreadable image (a truncated JPEG, say) is skipped with its file name.
+
+    timm skips it with only its index; here timm is told to give up at once and the skip is done here,
+    where the file name is known.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_retries = 1
+
+    def __getitem__(self, index: int):
+        for attempt in range(_MAX_SKIPS):
+            candidate = (index + attempt) % len(self)
+            try:
+                return super().__getitem__(candidate)
+            except RuntimeError as error:
+                _log.warning("skipped unreadable image %s (%s)", self.filename(candidate, absolute=True), error)
+        raise RuntimeError(f"{_MAX_SKIPS} consecutive images from index {index} could not be read")
+
 
 _EVAL_SYNONYMS = ("validation", "val", "valid", "eval", "evaluation")
 
@@ -157,13 +183,13 @@ class ImageFolderData(SplitDataModule):
         )
 
     # --- datasets ---------------------------------------------------------------------------------
-    def _dataset(self, split: str, what: str, training: bool) -> ImageDataset:
+    def _dataset(self, split: str, what: str, training: bool) -> NamedImageDataset:
         folder = _resolve_split(self.root, split, what)
         unknown = set(_class_folders(folder)) - set(self.class_to_idx)
         if unknown:
             raise ValueError(f"{what}: {str(folder)!r} has classes the training split lacks: {sorted(unknown)[:5]}")
         transform = self.train_transform() if training else self.eval_transform()
-        dataset = ImageDataset(str(folder), class_map=self.class_to_idx, transform=transform)
+        dataset = NamedImageDataset(str(folder), class_map=self.class_to_idx, transform=transform)
         if len(dataset) == 0:
             raise ValueError(f"{what}: {str(folder)!r} holds no images")
         return dataset

@@ -101,3 +101,21 @@ def test_weights_only_false_is_refused(image_folder, tmp_path):
     args = fit_args(image_folder, tmp_path / "run", "--trainer.max_epochs=1")
     with pytest.raises(RunFolderError, match="--weights_only false would let a checkpoint execute code"):
         build_cli(["validate", *args, "--weights_only=false"])
+
+
+def test_export_and_pretrained_files_refuse_code_too(tmp_path, server, monkeypatch):
+    """``attnzoo export`` and pretrained weights (a local file or a URL through timm) read with weights_only."""
+    import timm
+
+    from attnzoo.export import export_checkpoint
+
+    folder, base = server
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    marker = tmp_path / "executed"
+    torch.save({"state_dict": {}, "payload": Marker(marker)}, folder / "evil.pth")
+    with pytest.raises(ValueError, match="cannot be read with weights_only=True"):
+        export_checkpoint(folder / "evil.pth", tmp_path / "out")
+    for overlay in (dict(file=str(folder / "evil.pth")), dict(url=f"{base}/evil.pth")):
+        with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+            timm.create_model("nat_mini", pretrained=True, pretrained_cfg_overlay=overlay)
+    assert not marker.exists()

@@ -9,6 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import attnzoo
+from attnzoo.litv2 import DeformableTokenMerging
 from tests.fixtures import FIXTURES
 
 RELEASE = json.loads((FIXTURES / "litv2_release_shapes.json").read_text())
@@ -174,3 +175,27 @@ def test_a_wrong_checkpoint_fails_loudly(fixture):
     state_dict.pop("layers.0.downsample.norm_layer.running_mean")
     with pytest.raises(RuntimeError, match="running_mean"):
         attnzoo.from_official(fixture["entrypoint"], fixture["config"], state_dict)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_trains_under_cpu_autocast(dtype):
+    """torchvision's deformable conv has no half CPU kernel: the merge runs in float32 under autocast."""
+    model = timm.create_model("litv2_small", num_classes=10)
+    with torch.autocast("cpu", dtype=dtype):
+        out = model(torch.randn(2, 3, 64, 64))
+    out.float().sum().backward()
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_deformable_merge_clamps_offsets_exactly():
+    """Offsets far outside the map read zeros whether clamped or not; non-finite ones give NaN outputs."""
+    merge = DeformableTokenMerging(8, 16).eval()
+    x = torch.randn(1, 8, 6, 6)
+    far = torch.full((1, 8, 3, 3), 50.0)
+    with torch.no_grad():
+        torch.testing.assert_close(merge._deform(x, far), merge._deform(x, far * 1e20))
+        offset = torch.zeros(1, 8, 3, 3)
+        offset[0, 0, 1, 2] = float("nan")
+        out = merge._deform(x, offset)
+    assert torch.isnan(out[0, :, 1, 2]).all() and torch.isfinite(out[0, :, 0]).all()
