@@ -131,8 +131,10 @@ if triton is not None:
         return tl.dot(a, b, input_precision=PRECISION)
 
     @triton.jit
-    def _own_tile(pid, height, width, dilation, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
-        """(batch*head, residue row, residue col, sub-map height, width, tile row 0, tile col 0) of a program.
+    def _owned(pid, height, width, heads, dilation, TILE_H: tl.constexpr, TILE_W: tl.constexpr):
+        """What a program owns: its (batch * head), batch (int64), head, residue (row, col), the group's sub-map
+        size, its tile's first row and column, and its tokens: sub-map row and column, in-map mask, map row and
+        column.
 
         Programs of one (batch, head) are adjacent (their keys overlap in cache); every group is
         given as many tiles as the largest sub-map needs, and the extra ones own nothing.
@@ -147,7 +149,50 @@ if triton is not None:
         res_c = group % dilation
         sub_h = (height - res_r + dilation - 1) // dilation
         sub_w = (width - res_c + dilation - 1) // dilation
-        return bh, res_r, res_c, sub_h, sub_w, tile // tiles_w * TILE_H, tile % tiles_w * TILE_W
+        r0 = tile // tiles_w * TILE_H
+        c0 = tile % tiles_w * TILE_W
+        t = tl.arange(0, TILE_H * TILE_W)
+        r = r0 + t // TILE_W
+        c = c0 + t % TILE_W
+        ok = (r < sub_h) & (c < sub_w)
+        b = (bh // heads).to(tl.int64)  # batch offsets can pass 2**31 elements
+        return (
+            bh,
+            b,
+            bh % heads,
+            res_r,
+            res_c,
+            sub_h,
+            sub_w,
+            r0,
+            c0,
+            r,
+            c,
+            ok,
+            res_r + r * dilation,
+            res_c + c * dilation,
+        )
+
+    @triton.jit
+    def _walked(
+        block, blocks_c, lo_r, lo_c, hi_r, hi_c, res_r, res_c, dilation, ROWS: tl.constexpr, COLS: tl.constexpr
+    ):
+        """Tokens of block ``block`` of the walked side: sub-map row, column, in-range mask, map row, column."""
+        t = tl.arange(0, ROWS * COLS)
+        r = lo_r + block // blocks_c * ROWS + t // COLS
+        c = lo_c + block % blocks_c * COLS + t % COLS
+        return r, c, (r < hi_r) & (c < hi_c), res_r + r * dilation, res_c + c * dilation
+
+    @triton.jit
+    def _token_ptrs(base, b, n, rows, cols, d, s_b, s_h, s_w, s_n, s_d):
+        """Pointers to the (tokens, BLOCK_D) rows of a ``(B, H, W, heads, d)`` tensor."""
+        return base + b * s_b + n * s_n + rows[:, None] * s_h + cols[:, None] * s_w + d[None, :] * s_d
+
+    @triton.jit
+    def _bias(RPB, n, qr, qc, kr, kc, sr_n, sr_h, sr_w, mask, KS: tl.constexpr):
+        """NAT's bias of each (query, key) pair (operands broadcast), in base 2."""
+        cell = RPB + n * sr_n + (kr - qr + KS - 1) * sr_h + (kc - qc + KS - 1) * sr_w
+        return tl.load(cell, mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
 
     @triton.jit
     def _halo(first, size, length, KS: tl.constexpr):
@@ -186,59 +231,47 @@ if triton is not None:
         BLOCK_D: tl.constexpr,
     ):  # fmt: skip
         """``qk_scale`` is ``scale * log2(e)``: logits live in base 2; LSE gets the base-2 logsumexp."""
-        bh, res_r, res_c, sub_h, sub_w, r0, c0 = _own_tile(tl.program_id(0), height, width, dilation, TILE_H, TILE_W)
-        b = (bh // heads).to(tl.int64)  # batch offsets can pass 2**31 elements
-        n = bh % heads
-        m = tl.arange(0, TILE_H * TILE_W)
-        qr = r0 + m // TILE_W
-        qc = c0 + m % TILE_W
-        q_ok = (qr < sub_h) & (qc < sub_w)
+        bh, b, n, res_r, res_c, sub_h, sub_w, r0, c0, qr, qc, q_ok, rows, cols = _owned(
+            tl.program_id(0), height, width, heads, dilation, TILE_H, TILE_W
+        )
         d = tl.arange(0, BLOCK_D)
-        d_ok = d < head_dim
-        rows = res_r + qr * dilation
-        cols = res_c + qc * dilation
-        q_ptrs = Q + b * sq_b + n * sq_n + rows[:, None] * sq_h + cols[:, None] * sq_w + d[None, :] * sq_d
-        q = tl.load(q_ptrs, mask=q_ok[:, None] & d_ok[None, :], other=0.0)
+        q_mask = q_ok[:, None] & (d < head_dim)[None, :]
+        q = tl.load(_token_ptrs(Q, b, n, rows, cols, d, sq_b, sq_h, sq_w, sq_n, sq_d), mask=q_mask, other=0.0)
 
         lo_r, hi_r = _halo(r0, TILE_H, sub_h, KS)
         lo_c, hi_c = _halo(c0, TILE_W, sub_w, KS)
         blocks_c = tl.cdiv(hi_c - lo_c, COLS)
         blocks = tl.cdiv(hi_r - lo_r, ROWS) * blocks_c
-        kn = tl.arange(0, ROWS * COLS)
-        k_base = K + b * sk_b + n * sk_n + d[None, :] * sk_d
-        v_base = V + b * sv_b + n * sv_n + d[None, :] * sv_d
-
         m_i = tl.full([TILE_H * TILE_W], -1.0e30, tl.float32)  # finite: a block without keys leaves it unchanged
         l_i = tl.zeros([TILE_H * TILE_W], tl.float32)
         acc = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
         for block in range(0, blocks):
-            kr = lo_r + block // blocks_c * ROWS + kn // COLS
-            kc = lo_c + block % blocks_c * COLS + kn % COLS
-            k_ok = (kr < hi_r) & (kc < hi_c)
-            k_rows = (res_r + kr * dilation)[:, None]
-            k_cols = (res_c + kc * dilation)[:, None]
-            kv_mask = k_ok[:, None] & d_ok[None, :]
-            key = tl.load(k_base + k_rows * sk_h + k_cols * sk_w, mask=kv_mask, other=0.0)
+            kr, kc, k_ok, k_rows, k_cols = _walked(
+                block, blocks_c, lo_r, lo_c, hi_r, hi_c, res_r, res_c, dilation, ROWS, COLS
+            )
+            kv_mask = k_ok[:, None] & (d < head_dim)[None, :]
+            key = tl.load(
+                _token_ptrs(K, b, n, k_rows, k_cols, d, sk_b, sk_h, sk_w, sk_n, sk_d), mask=kv_mask, other=0.0
+            )
             s = _dot(q, tl.trans(key), PRECISION, WIDEN) * qk_scale
             visible = _in_window(qr[:, None], qc[:, None], kr[None, :], kc[None, :], sub_h, sub_w, KS)
-            visible = visible & k_ok[None, :]
+            visible = visible & k_ok[None, :] & q_ok[:, None]
             if HAS_RPB:
-                cell = RPB + n * sr_n + (kr[None, :] - qr[:, None] + KS - 1) * sr_h
-                cell += (kc[None, :] - qc[:, None] + KS - 1) * sr_w
-                s += tl.load(cell, mask=visible & q_ok[:, None], other=0.0).to(tl.float32) * 1.4426950408889634
+                s += _bias(RPB, n, qr[:, None], qc[:, None], kr[None, :], kc[None, :], sr_n, sr_h, sr_w, visible, KS)
             s = tl.where(visible, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, axis=1)
-            value = tl.load(v_base + k_rows * sv_h + k_cols * sv_w, mask=kv_mask, other=0.0)
+            value = tl.load(
+                _token_ptrs(V, b, n, k_rows, k_cols, d, sv_b, sv_h, sv_w, sv_n, sv_d), mask=kv_mask, other=0.0
+            )
             acc = acc * alpha[:, None] + _dot(p.to(value.dtype), value, PRECISION, WIDEN)
             m_i = m_new
 
-        o_ptrs = OUT + b * so_b + n * so_n + rows[:, None] * so_h + cols[:, None] * so_w + d[None, :] * so_d
-        tl.store(o_ptrs, (acc / l_i[:, None]).to(OUT.dtype.element_ty), mask=q_ok[:, None] & d_ok[None, :])
-        lse_ptrs = LSE + bh.to(tl.int64) * height * width + rows * width + cols
-        tl.store(lse_ptrs, m_i + tl.log2(l_i), mask=q_ok)
+        out = (acc / l_i[:, None]).to(OUT.dtype.element_ty)
+        tl.store(_token_ptrs(OUT, b, n, rows, cols, d, so_b, so_h, so_w, so_n, so_d), out, mask=q_mask)
+        tl.store(LSE + bh.to(tl.int64) * height * width + rows * width + cols, m_i + tl.log2(l_i), mask=q_ok)
 
     @triton.jit
     def _na2d_bwd_dq_kernel(
@@ -256,25 +289,15 @@ if triton is not None:
         BLOCK_D: tl.constexpr, BLOCK_RPB: tl.constexpr,
     ):  # fmt: skip
         """``dq`` and ``delta`` of a query tile; ``DRPB`` (float32, contiguous) gets one atomic per cell and program."""
-        bh, res_r, res_c, sub_h, sub_w, r0, c0 = _own_tile(tl.program_id(0), height, width, dilation, TILE_H, TILE_W)
-        b = (bh // heads).to(tl.int64)
-        n = bh % heads
-        m = tl.arange(0, TILE_H * TILE_W)
-        qr = r0 + m // TILE_W
-        qc = c0 + m % TILE_W
-        q_ok = (qr < sub_h) & (qc < sub_w)
-        d = tl.arange(0, BLOCK_D)
-        d_ok = d < head_dim
-        q_mask = q_ok[:, None] & d_ok[None, :]
-        rows = res_r + qr * dilation
-        cols = res_c + qc * dilation
-        q = tl.load(
-            Q + b * sq_b + n * sq_n + rows[:, None] * sq_h + cols[:, None] * sq_w + d[None, :] * sq_d, q_mask, 0.0
+        bh, b, n, res_r, res_c, sub_h, sub_w, r0, c0, qr, qc, q_ok, rows, cols = _owned(
+            tl.program_id(0), height, width, heads, dilation, TILE_H, TILE_W
         )
-        o_ptrs = OUT + b * so_b + n * so_n + rows[:, None] * so_h + cols[:, None] * so_w + d[None, :] * so_d
-        do_ptrs = DOUT + b * sd_b + n * sd_n + rows[:, None] * sd_h + cols[:, None] * sd_w + d[None, :] * sd_d
-        dout = tl.load(do_ptrs, mask=q_mask, other=0.0)
-        delta = tl.sum(dout.to(tl.float32) * tl.load(o_ptrs, mask=q_mask, other=0.0).to(tl.float32), axis=1)
+        d = tl.arange(0, BLOCK_D)
+        q_mask = q_ok[:, None] & (d < head_dim)[None, :]
+        q = tl.load(_token_ptrs(Q, b, n, rows, cols, d, sq_b, sq_h, sq_w, sq_n, sq_d), mask=q_mask, other=0.0)
+        dout = tl.load(_token_ptrs(DOUT, b, n, rows, cols, d, sd_b, sd_h, sd_w, sd_n, sd_d), mask=q_mask, other=0.0)
+        out = tl.load(_token_ptrs(OUT, b, n, rows, cols, d, so_b, so_h, so_w, so_n, so_d), mask=q_mask, other=0.0)
+        delta = tl.sum(dout.to(tl.float32) * out.to(tl.float32), axis=1)
         row_ptrs = bh.to(tl.int64) * height * width + rows * width + cols
         tl.store(DELTA + row_ptrs, delta, mask=q_ok)  # read by the dk/dv kernel, which runs after this one
         lse = tl.load(LSE + row_ptrs, mask=q_ok, other=0.0)
@@ -283,30 +306,26 @@ if triton is not None:
         lo_c, hi_c = _halo(c0, TILE_W, sub_w, KS)
         blocks_c = tl.cdiv(hi_c - lo_c, COLS)
         blocks = tl.cdiv(hi_r - lo_r, ROWS) * blocks_c
-        kn = tl.arange(0, ROWS * COLS)
-        k_base = K + b * sk_b + n * sk_n + d[None, :] * sk_d
-        v_base = V + b * sv_b + n * sv_n + d[None, :] * sv_d
         cells = tl.arange(0, BLOCK_RPB)
         drpb = tl.zeros([BLOCK_RPB, BLOCK_RPB], tl.float32)
         dq = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
         for block in range(0, blocks):
-            kr0 = lo_r + block // blocks_c * ROWS
-            kr = kr0 + kn // COLS
-            kc = lo_c + block % blocks_c * COLS + kn % COLS
-            k_ok = (kr < hi_r) & (kc < hi_c)
-            k_rows = (res_r + kr * dilation)[:, None]
-            k_cols = (res_c + kc * dilation)[:, None]
-            kv_mask = k_ok[:, None] & d_ok[None, :]
-            key = tl.load(k_base + k_rows * sk_h + k_cols * sk_w, mask=kv_mask, other=0.0)
+            kr, kc, k_ok, k_rows, k_cols = _walked(
+                block, blocks_c, lo_r, lo_c, hi_r, hi_c, res_r, res_c, dilation, ROWS, COLS
+            )
+            kv_mask = k_ok[:, None] & (d < head_dim)[None, :]
+            key = tl.load(
+                _token_ptrs(K, b, n, k_rows, k_cols, d, sk_b, sk_h, sk_w, sk_n, sk_d), mask=kv_mask, other=0.0
+            )
             s = _dot(q, tl.trans(key), PRECISION, WIDEN) * qk_scale
             visible = _in_window(qr[:, None], qc[:, None], kr[None, :], kc[None, :], sub_h, sub_w, KS)
             visible = visible & k_ok[None, :] & q_ok[:, None]
             if HAS_RPB:
-                cell = RPB + n * sr_n + (kr[None, :] - qr[:, None] + KS - 1) * sr_h
-                cell += (kc[None, :] - qc[:, None] + KS - 1) * sr_w
-                s += tl.load(cell, mask=visible, other=0.0).to(tl.float32) * 1.4426950408889634
+                s += _bias(RPB, n, qr[:, None], qc[:, None], kr[None, :], kc[None, :], sr_n, sr_h, sr_w, visible, KS)
             p = tl.where(visible, tl.exp2(s - lse[:, None]), 0.0)
-            value = tl.load(v_base + k_rows * sv_h + k_cols * sv_w, mask=kv_mask, other=0.0)
+            value = tl.load(
+                _token_ptrs(V, b, n, k_rows, k_cols, d, sv_b, sv_h, sv_w, sv_n, sv_d), mask=kv_mask, other=0.0
+            )
             dp = _dot(dout, tl.trans(value), PRECISION, WIDEN)
             ds = p * (dp - delta[:, None])  # gradient of the natural-log logits (scale * q.k + bias)
             dq += _dot(ds.to(key.dtype), key, PRECISION, WIDEN)
@@ -315,17 +334,18 @@ if triton is not None:
                 # row offset depends on the query row alone: reduce each column offset over the block's keys, then
                 # place the per-query sums on their row offsets with a one-hot reduction over the tile's queries.
                 col_cell = kc[None, :] - qc[:, None] + KS - 1
+                kr0 = lo_r + block // blocks_c * ROWS
                 for j in range(0, ROWS):
                     row_cell = kr0 + j - qr + KS - 1  # (queries,)
-                    on_row = (kn // COLS == j)[None, :]
+                    on_row = (kr == kr0 + j)[None, :]
                     to_cell = (row_cell[None, :] == cells[:, None]) & q_ok[None, :]  # (cells, queries)
                     for c in range(0, 2 * KS - 1):
                         per_query = tl.sum(tl.where(on_row & (col_cell == c), ds, 0.0), axis=1)
                         per_row_cell = tl.sum(tl.where(to_cell, per_query[None, :], 0.0), axis=1)
                         drpb += tl.where(cells[None, :] == c, per_row_cell[:, None], 0.0)
 
-        dq_ptrs = DQ + b * sg_b + n * sg_n + rows[:, None] * sg_h + cols[:, None] * sg_w + d[None, :] * sg_d
-        tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
+        dq = (dq * scale).to(DQ.dtype.element_ty)
+        tl.store(_token_ptrs(DQ, b, n, rows, cols, d, sg_b, sg_h, sg_w, sg_n, sg_d), dq, mask=q_mask)
         if RPB_GRAD:
             side = 2 * KS - 1
             cell_ok = (cells[:, None] < side) & (cells[None, :] < side)
@@ -346,58 +366,48 @@ if triton is not None:
         BLOCK_D: tl.constexpr,
     ):  # fmt: skip
         """``dk`` and ``dv`` of a key tile, over the query blocks whose windows reach it; stored once, no atomics."""
-        bh, res_r, res_c, sub_h, sub_w, r0, c0 = _own_tile(tl.program_id(0), height, width, dilation, TILE_H, TILE_W)
-        b = (bh // heads).to(tl.int64)
-        n = bh % heads
-        kn = tl.arange(0, TILE_H * TILE_W)
-        kr = r0 + kn // TILE_W
-        kc = c0 + kn % TILE_W
-        k_ok = (kr < sub_h) & (kc < sub_w)
+        bh, b, n, res_r, res_c, sub_h, sub_w, r0, c0, kr, kc, k_ok, k_rows, k_cols = _owned(
+            tl.program_id(0), height, width, heads, dilation, TILE_H, TILE_W
+        )
         d = tl.arange(0, BLOCK_D)
-        d_ok = d < head_dim
-        k_mask = k_ok[:, None] & d_ok[None, :]
-        k_rows = (res_r + kr * dilation)[:, None]
-        k_cols = (res_c + kc * dilation)[:, None]
-        key = tl.load(K + b * sk_b + n * sk_n + k_rows * sk_h + k_cols * sk_w + d[None, :] * sk_d, k_mask, 0.0)
-        value = tl.load(V + b * sv_b + n * sv_n + k_rows * sv_h + k_cols * sv_w + d[None, :] * sv_d, k_mask, 0.0)
+        k_mask = k_ok[:, None] & (d < head_dim)[None, :]
+        key = tl.load(_token_ptrs(K, b, n, k_rows, k_cols, d, sk_b, sk_h, sk_w, sk_n, sk_d), mask=k_mask, other=0.0)
+        value = tl.load(_token_ptrs(V, b, n, k_rows, k_cols, d, sv_b, sv_h, sv_w, sv_n, sv_d), mask=k_mask, other=0.0)
 
         lo_r, hi_r = _reach(r0, TILE_H, sub_h, KS)
         lo_c, hi_c = _reach(c0, TILE_W, sub_w, KS)
         blocks_c = tl.cdiv(hi_c - lo_c, COLS)
         blocks = tl.cdiv(hi_r - lo_r, ROWS) * blocks_c
-        m = tl.arange(0, ROWS * COLS)
-        q_base = Q + b * sq_b + n * sq_n + d[None, :] * sq_d
-        do_base = DOUT + b * sd_b + n * sd_n + d[None, :] * sd_d
         row_base = bh.to(tl.int64) * height * width
         dk = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
         dv = tl.zeros([TILE_H * TILE_W, BLOCK_D], tl.float32)
         for block in range(0, blocks):
-            qr = lo_r + block // blocks_c * ROWS + m // COLS
-            qc = lo_c + block % blocks_c * COLS + m % COLS
-            q_ok = (qr < hi_r) & (qc < hi_c)
-            rows = res_r + qr * dilation
-            cols = res_c + qc * dilation
-            q_mask = q_ok[:, None] & d_ok[None, :]
-            q = tl.load(q_base + rows[:, None] * sq_h + cols[:, None] * sq_w, mask=q_mask, other=0.0)
-            dout = tl.load(do_base + rows[:, None] * sd_h + cols[:, None] * sd_w, mask=q_mask, other=0.0)
+            qr, qc, q_ok, rows, cols = _walked(
+                block, blocks_c, lo_r, lo_c, hi_r, hi_c, res_r, res_c, dilation, ROWS, COLS
+            )
+            q_mask = q_ok[:, None] & (d < head_dim)[None, :]
+            q = tl.load(_token_ptrs(Q, b, n, rows, cols, d, sq_b, sq_h, sq_w, sq_n, sq_d), mask=q_mask, other=0.0)
+            dout = tl.load(_token_ptrs(DOUT, b, n, rows, cols, d, sd_b, sd_h, sd_w, sd_n, sd_d), mask=q_mask, other=0.0)
             lse = tl.load(LSE + row_base + rows * width + cols, mask=q_ok, other=0.0)
             delta = tl.load(DELTA + row_base + rows * width + cols, mask=q_ok, other=0.0)
             st = _dot(key, tl.trans(q), PRECISION, WIDEN) * qk_scale  # (keys, queries)
             visible = _in_window(qr[None, :], qc[None, :], kr[:, None], kc[:, None], sub_h, sub_w, KS)
             visible = visible & q_ok[None, :] & k_ok[:, None]
             if HAS_RPB:
-                cell = RPB + n * sr_n + (kr[:, None] - qr[None, :] + KS - 1) * sr_h
-                cell += (kc[:, None] - qc[None, :] + KS - 1) * sr_w
-                st += tl.load(cell, mask=visible, other=0.0).to(tl.float32) * 1.4426950408889634
+                st += _bias(RPB, n, qr[None, :], qc[None, :], kr[:, None], kc[:, None], sr_n, sr_h, sr_w, visible, KS)
             pt = tl.where(visible, tl.exp2(st - lse[None, :]), 0.0)
             dv += _dot(pt.to(dout.dtype), dout, PRECISION, WIDEN)
             dpt = _dot(value, tl.trans(dout), PRECISION, WIDEN)
             dst = pt * (dpt - delta[None, :])
             dk += _dot(dst.to(q.dtype), q, PRECISION, WIDEN)
 
-        grad = b * sg_b + n * sg_n + k_rows * sg_h + k_cols * sg_w + d[None, :] * sg_d
-        tl.store(DK + grad, (dk * scale).to(DK.dtype.element_ty), mask=k_mask)
-        tl.store(DV + grad, dv.to(DV.dtype.element_ty), mask=k_mask)
+        dk = (dk * scale).to(DK.dtype.element_ty)
+        tl.store(_token_ptrs(DK, b, n, k_rows, k_cols, d, sg_b, sg_h, sg_w, sg_n, sg_d), dk, mask=k_mask)
+        tl.store(
+            _token_ptrs(DV, b, n, k_rows, k_cols, d, sg_b, sg_h, sg_w, sg_n, sg_d),
+            dv.to(DV.dtype.element_ty),
+            mask=k_mask,
+        )
 
 
 def _precision(dtype: torch.dtype) -> str:

@@ -31,7 +31,7 @@ SEQUENCE_MIXERS = ("agent", "sparsifiner")
 # --- adapters: the host's calling convention -> channels-last maps ---------------------------------
 def check_nonempty_batch(x: torch.Tensor) -> None:
     """timm's Swin and PVTv2 layers reshape with ``-1``, which an empty batch makes ambiguous: say so instead."""
-    if x.shape[0] == 0:
+    if not isinstance(x, torch.fx.Proxy) and x.shape[0] == 0:  # FX traces have no batch size to check
         raise ValueError(
             f"batch size must be >= 1 for this model (timm's layers cannot reshape an empty batch), "
             f"got input of shape {tuple(x.shape)}"

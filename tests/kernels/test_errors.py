@@ -21,6 +21,8 @@ def maps(shape=(1, 8, 8, 2, 4), dtype=torch.float32):
         (dict(kernel_size=3, dilation=0), ValueError, "dilation must be >= 1, got 0"),
         (dict(kernel_size=3, dilation=1.5), TypeError, "dilation must be an int"),
         (dict(kernel_size=3, scale="big"), TypeError, "scale must be a real number"),
+        (dict(kernel_size=3, scale=float("nan")), ValueError, "scale must be finite, got nan"),
+        (dict(kernel_size=3, scale=float("inf")), ValueError, "scale must be finite, got inf"),
         (dict(kernel_size=3, rpb=torch.zeros(2, 4, 4)), ValueError, r"rpb must have shape .* = \(2, 5, 5\)"),
         (dict(kernel_size=3, rpb=torch.zeros(3, 5, 5)), ValueError, r"rpb must have shape"),
         (dict(kernel_size=3, rpb=torch.zeros(5, 5)), ValueError, "rpb must have rank 3"),
@@ -31,6 +33,20 @@ def maps(shape=(1, 8, 8, 2, 4), dtype=torch.float32):
 def test_na2d_bad_arguments(kwargs, error, message):
     with pytest.raises(error, match=message):
         na2d(*maps(), **kwargs)
+
+
+def test_head_dim_zero_and_empty_batches():
+    with pytest.raises(ValueError, match=r"head_dim \(the last dimension of q\) must be >= 1, got 0"):
+        na2d(*maps((1, 8, 8, 2, 0)), 3)
+    q, k, v = (t.requires_grad_() for t in maps((0, 8, 8, 2, 4)))
+    out = na2d(q, k, v, 3, rpb=torch.zeros(2, 5, 5))
+    out.sum().backward()
+    assert out.shape == (0, 8, 8, 2, 4) and q.grad.shape == q.shape
+    index = torch.zeros(0, 2, 5, 3, dtype=torch.int64)
+    assert gather_attention(*(torch.randn(0, 2, 5, 4) for _ in range(3)), index).shape == (0, 2, 5, 4)
+    no_queries = torch.zeros(1, 2, 0, 3, dtype=torch.int64)
+    keys = torch.randn(1, 2, 5, 4)
+    assert gather_attention(torch.randn(1, 2, 0, 4), keys, keys, no_queries).shape == (1, 2, 0, 4)
 
 
 def test_na2d_map_smaller_than_kernel_times_dilation_names_both_numbers():

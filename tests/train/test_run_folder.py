@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import functools
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
@@ -67,20 +64,6 @@ class Marker:
 
     def __reduce__(self):
         return (Path.touch, (self.path,))
-
-
-@pytest.fixture
-def server(tmp_path):
-    """An HTTP server on 127.0.0.1 serving ``tmp_path/served``; yields its base URL."""
-    folder = tmp_path / "served"
-    folder.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield folder, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @pytest.mark.parametrize("where", ["local", "url"])

@@ -115,6 +115,16 @@ def test_clear_errors_for_what_cannot_be_grafted():
         attnzoo.graft(timm.create_model("deit_tiny_patch16_224"), "swin")
 
 
+def test_sparsifiner_takes_swin_windows_and_map_mixers_refuse_dynamic_size_vits():
+    """Both used to graft without complaint and fail on the first forward."""
+    swin = timm.create_model("swin_tiny_patch4_window7_224", num_classes=3).eval()
+    attnzoo.graft(swin, "sparsifiner", stages=3)
+    assert swin(torch.randn(1, 3, 224, 224)).shape == (1, 3)  # built for the 7x7 windows' 49 tokens
+    vit = timm.create_model("vit_tiny_patch16_224", dynamic_img_size=True, class_token=False, global_pool="avg")
+    with pytest.raises(ValueError, match="dynamic_img_size=True does not tell its blocks the patch grid"):
+        attnzoo.graft(vit, "neighborhood", kernel_size=3)
+
+
 def test_a_vit_without_class_token_hosts_map_mixers():
     model = timm.create_model("vit_tiny_patch16_224", class_token=False, global_pool="avg", num_classes=4)
     attnzoo.graft(model, "neighborhood", kernel_size=7)

@@ -111,6 +111,9 @@ def test_from_official_rejects_unknown_and_missing_arguments():
         attnzoo.from_official("nat_mini", config)
     with pytest.raises(ValueError, match="no authors' format"):
         attnzoo.from_official("resnet18", {})
+    for depths in ([3, -4, 6, 5], [3, 0, 6, 5]):
+        with pytest.raises(ValueError, match=r"config\['depths'\] must hold integers >= 1"):
+            attnzoo.from_official("nat_mini", {**fx["config"], "depths": depths})
 
 
 def test_from_official_uses_the_authors_defaults_not_the_variants():

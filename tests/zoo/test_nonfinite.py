@@ -9,6 +9,10 @@ import subprocess
 import sys
 
 import pytest
+import timm
+import torch
+
+import attnzoo  # noqa: F401  (registers the models)
 
 SMALLEST = [
     "nat_mini",
@@ -59,3 +63,16 @@ def test_non_finite_values_never_crash_the_process(name):
     assert set(answers) == {"nan pixel", "inf pixel", "input x 1e30", "nan weight"}
     for case in ("nan pixel", "inf pixel", "nan weight"):
         assert answers[case] == "nan" or answers[case].startswith("error"), (name, case, answers[case])
+
+
+@pytest.mark.parametrize("name", SMALLEST)
+def test_an_empty_batch_gives_empty_logits_or_a_clear_error(name):
+    model = timm.create_model(name, num_classes=5).eval()
+    size = model.pretrained_cfg["input_size"][1:]
+    try:
+        with torch.no_grad():
+            out = model(torch.randn(0, 3, *size))
+    except ValueError as error:
+        assert "batch size must be >= 1" in str(error)
+    else:
+        assert out.shape == (0, 5)

@@ -4,11 +4,8 @@ The checkpoint is an authors' state dict (their key names) from the parity fixtu
 also prove that timm applies the family's ``checkpoint_filter_fn`` when it loads weights.
 """
 
-import functools
 import hashlib
-import http.server
 import json
-import threading
 
 import pytest
 import timm
@@ -56,20 +53,6 @@ def test_pretrained_with_a_new_head_keeps_the_backbone(tmp_path, fixture):
         features = model.eval().forward_head(model.forward_features(fixture["input"]), pre_logits=True)
     torch.testing.assert_close(features, fixture["pre_logits"], atol=1e-4, rtol=1e-4)
     assert model.get_classifier().out_features == 3
-
-
-@pytest.fixture
-def server(tmp_path):
-    """A throw-away HTTP server on 127.0.0.1 serving ``tmp_path/www``."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
 
 
 @pytest.fixture
