@@ -38,7 +38,6 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
         ((1, 10, 13, 2, 24), 3, 3, True, None),  # head_dim below its power-of-two block
         ((1, 19, 21, 1, 16), 7, 1, True, None),  # interior tiles and ragged last tiles in both axes
         ((1, 9, 11, 1, 16), 9, 1, True, None),
-        ((1, 12, 11, 1, 16), 11, 1, True, None),
         ((1, 14, 13, 1, 16), 13, 1, True, None),  # k=13: bias table 25x25, halo wider than one 16-key block
         ((1, 13, 17, 1, 16), 3, 4, True, None),  # dilation that divides neither side
         ((1, 9, 8, 1, 64), 5, 1, True, None),
@@ -75,9 +74,7 @@ def test_channels_last_permuted_inputs():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(
-    "shape,kernel_size,dilation", [((1, 7, 9, 2, 16), 3, 1), ((1, 15, 14, 2, 32), 5, 2), ((1, 14, 13, 1, 16), 13, 1)]
-)
+@pytest.mark.parametrize("shape,kernel_size,dilation", [((1, 7, 9, 2, 16), 3, 1), ((1, 15, 14, 2, 32), 5, 2)])
 def test_half_precision_against_float32_reference(shape, kernel_size, dilation, dtype):
     q, k, v, rpb, grad = make_inputs(shape, kernel_size, seed=4)
     assert_matches_torch(q, k, v, rpb, grad, kernel_size, dilation, dtype=dtype)

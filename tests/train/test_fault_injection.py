@@ -66,7 +66,7 @@ def kill_point(seed: int) -> tuple[str, int]:
     return mode, rng.randint(1, STEPS - 1) if mode == "step" else rng.randint(1, WRITES)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 4])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kill_9_anywhere_then_resume_loses_nothing(image_folder, tmp_path, seed):
     run_dir = tmp_path / "run"
     args = fit_args(image_folder, run_dir, "--trainer.max_epochs=2", "--last_checkpoint.every_n_train_steps=2")
