@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ._dispatch import register
+from .torch_backend import neighborhood_indices
 
 try:
     from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
@@ -60,10 +61,6 @@ class TokenOrder:
     start_col: torch.Tensor
 
 
-def _window_start(sub: torch.Tensor, sub_length: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    return torch.minimum((sub - kernel_size // 2).clamp(min=0), sub_length - kernel_size)
-
-
 def token_order(height: int, width: int, kernel_size: int, dilation: int, device) -> TokenOrder:
     """Tokens sorted by (group, tile row, tile col, row in tile, col in tile) of each group's sub-map."""
     rows = torch.arange(height, device=device).repeat_interleave(width)
@@ -76,10 +73,9 @@ def token_order(height: int, width: int, kernel_size: int, dilation: int, device
     tile = (group * tiles_r + sub_r // TILE[0]) * tiles_c + sub_c // TILE[1]
     key = tile * (TILE[0] * TILE[1]) + (sub_r % TILE[0]) * TILE[1] + sub_c % TILE[1]
     order = torch.argsort(key)
-    sub_h = (height - res_r + dilation - 1) // dilation
-    sub_w = (width - res_c + dilation - 1) // dilation
-    start_r = _window_start(sub_r, sub_h, kernel_size)
-    start_c = _window_start(sub_c, sub_w, kernel_size)
+    # first key of each position's window along each axis (the reference's rule), in sub-map units
+    start_r = neighborhood_indices(height, kernel_size, dilation, device)[0][:, 0][rows] // dilation
+    start_c = neighborhood_indices(width, kernel_size, dilation, device)[0][:, 0][cols] // dilation
     return TokenOrder(
         order=order,
         inverse=torch.argsort(order),

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -81,15 +81,8 @@ class TileConfig:
     num_stages: int
 
     def meta(self) -> dict:
-        return dict(
-            TILE_H=self.TILE_H,
-            TILE_W=self.TILE_W,
-            ROWS=self.ROWS,
-            COLS=self.COLS,
-            BLOCK_D=self.BLOCK_D,
-            num_warps=self.num_warps,
-            num_stages=self.num_stages,
-        )
+        """The kernels' keyword arguments: constexprs and Triton's launch options, named as the fields."""
+        return asdict(self)
 
 
 def tile_config(head_dim: int, kernel_size: int) -> TileConfig:
@@ -453,9 +446,7 @@ def forward_launch(q, k, v, rpb, out, lse, kernel_size: int, dilation: int, scal
         height, width, heads, head_dim, dilation, scale * _LOG2E,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(), *rpb_strides,
     )  # fmt: skip
-    meta = dict(
-        KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), WIDEN=_widen(q), **config.meta()
-    )
+    meta = _common_meta(q, rpb, kernel_size, config)
     return Launch("na2d forward", _na2d_fwd_kernel, _grid(q, dilation, config), args, meta)
 
 
@@ -466,9 +457,7 @@ def backward_launches(
     batch, height, width, heads, head_dim = q.shape
     config = tile_config(head_dim, kernel_size)
     rpb_t, rpb_strides = _rpb_args(rpb, q)
-    common = dict(
-        KS=kernel_size, HAS_RPB=rpb is not None, PRECISION=_precision(q.dtype), WIDEN=_widen(q), **config.meta()
-    )
+    common = _common_meta(q, rpb, kernel_size, config)
     grid = _grid(q, dilation, config)
     dq_args = (
         q, k, v, rpb_t, out, dout, lse, delta, dq, dq if drpb is None else drpb,

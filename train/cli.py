@@ -41,13 +41,14 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from .checkpoint_io import AtomicCheckpointIO, remove_partial_writes
 
-__all__ = ["AttnzooCLI", "LastCheckpoint", "RunFolderError", "main"]
+__all__ = ["AttnzooCLI", "LastCheckpoint", "CommandError", "main"]
 
 LOCK_NAME = ".attnzoo-train.lock"
 
 
-class RunFolderError(ValueError):
-    """The run folder cannot take this command: in use by another ``fit``, or holding another run's checkpoints."""
+class CommandError(ValueError):
+    """The command cannot run as given: its run folder is in use or holds another run's checkpoints, there is no
+    ``last.ckpt`` to resume, or it asks to read checkpoints with ``weights_only=False``."""
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -114,22 +115,24 @@ class AttnzooCLI(LightningCLI):
         """Every checkpoint is read without running code; ``fit`` claims its run folder; ``last`` must exist."""
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         if kwargs.get("weights_only") is False:
-            raise RunFolderError(
+            raise CommandError(
                 "--weights_only false would let a checkpoint execute code when it is read; attnzoo-train always reads "
                 "checkpoints with weights_only=True"
             )
         kwargs["weights_only"] = True  # Lightning would unpickle a checkpoint URL with weights_only=False
         root = Path(self.trainer.default_root_dir)
+        checkpoints = Path(checkpoint_dir(str(root)))
         if subcommand == "fit":
-            self._claim_run_folder(root, kwargs.get("ckpt_path"), self.config_init[subcommand].get("overwrite", False))
+            overwrite = self.config_init[subcommand].get("overwrite", False)
+            self._claim_run_folder(root, checkpoints, kwargs.get("ckpt_path"), overwrite)
         if kwargs.get("ckpt_path") == "last":
-            last = Path(checkpoint_dir(str(root))) / "last.ckpt"
+            last = checkpoints / "last.ckpt"
             if not last.is_file():
-                raise RunFolderError(f"--ckpt_path last: there is no {last} to resume from")
+                raise CommandError(f"--ckpt_path last: there is no {last} to resume from")
             kwargs["ckpt_path"] = str(last)
         return kwargs
 
-    def _claim_run_folder(self, root: Path, ckpt_path: Any, overwrite: bool) -> None:
+    def _claim_run_folder(self, root: Path, checkpoints: Path, ckpt_path: Any, overwrite: bool) -> None:
         """Lock the folder for this process (a second ``fit`` is refused) and keep earlier runs' files apart.
 
         The lock is an advisory ``flock`` on a file in the folder: the OS drops it when the process ends,
@@ -143,7 +146,7 @@ class AttnzooCLI(LightningCLI):
             handle.seek(0)
             owner = handle.read().strip() or "another process"
             handle.close()
-            raise RunFolderError(
+            raise CommandError(
                 f"run folder {root} is in use by another attnzoo-train fit ({owner}); wait for it to finish or "
                 "choose another --trainer.default_root_dir"
             ) from None
@@ -152,13 +155,13 @@ class AttnzooCLI(LightningCLI):
         handle.write(f"pid {os.getpid()}")
         handle.flush()
         self._lock = handle
-        remove_partial_writes(Path(checkpoint_dir(str(root))))  # left by a writer that was killed
-        earlier = sorted(Path(checkpoint_dir(str(root))).glob("*.ckpt"))
+        remove_partial_writes(checkpoints)  # left by a writer that was killed
+        earlier = sorted(checkpoints.glob("*.ckpt"))
         if earlier and ckpt_path is None:
             if not overwrite:
                 self._release_run_folder()
                 names = ", ".join(p.name for p in earlier)
-                raise RunFolderError(
+                raise CommandError(
                     f"run folder {root} holds an earlier run's checkpoints ({names}); continue it with "
                     "--ckpt_path last, start afresh with --overwrite true (deletes them), or choose another "
                     "--trainer.default_root_dir"
@@ -213,7 +216,7 @@ def main(args: list[str] | None = None) -> None:
     """Console script ``attnzoo-train``; returns ``None`` so that a successful run exits with status 0."""
     try:
         build_cli(args)
-    except RunFolderError as error:
+    except CommandError as error:
         raise SystemExit(f"attnzoo-train: error: {error}") from None
 
 

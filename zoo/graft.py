@@ -210,6 +210,12 @@ def _select(sites: list[Site], stages, blocks) -> list[Site]:
     return chosen
 
 
+def _pvt_stage_map(site: Site, model: nn.Module) -> tuple[int, int]:
+    """(H, W) of a PVTv2 stage's map at the model's input size (stride 4, then 2 per stage)."""
+    size = (model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-2:]
+    return tuple(math.ceil(s / (4 * 2**site.stage)) for s in size)
+
+
 def _host_defaults(site: Site, mixer: str, model: nn.Module) -> dict:
     """Mixer arguments the host determines (window sizes, prefix tokens, FocalNet's levels)."""
     old = _unwrap(getattr(site.block, site.attribute))
@@ -230,8 +236,7 @@ def _host_defaults(site: Site, mixer: str, model: nn.Module) -> dict:
         if site.host == "swin":
             return dict(window_size=tuple(site.block.window_size))
         if site.host == "pvt_v2":  # the agent biases are sized by the stage's map at the model's input size
-            size = (model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-2:]
-            return dict(window_size=tuple(math.ceil(s / (4 * 2**site.stage)) for s in size))
+            return dict(window_size=_pvt_stage_map(site, model))
         if site.host == "vit":
             return dict(window_size=tuple(model.patch_embed.grid_size), num_prefix_tokens=model.num_prefix_tokens)
     if mixer == "sparsifiner":  # built for a token count: the host's window, stage map or patch grid
@@ -241,8 +246,7 @@ def _host_defaults(site: Site, mixer: str, model: nn.Module) -> dict:
         if site.host == "swin" or isinstance(site.block, davit.SpatialBlock):
             return dict(num_tokens=math.prod(site.block.window_size))
         if site.host == "pvt_v2":
-            size = (model.pretrained_cfg or {}).get("input_size", (3, 224, 224))[-2:]
-            return dict(num_tokens=math.prod(math.ceil(s / (4 * 2**site.stage)) for s in size))
+            return dict(num_tokens=math.prod(_pvt_stage_map(site, model)))
         raise ValueError(
             f"mixer 'sparsifiner' is built for a fixed token count, which {site.host} blocks of this kind do not "
             "have; graft it into ViT/DeiT, Swin, PVTv2 or DaViT's spatial blocks"

@@ -19,11 +19,11 @@ import shlex
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from importlib import metadata
 from pathlib import Path
 
 import torch
 
+from attnzoo.bench import _version
 from attnzoo.kernels import triton_gather, triton_na2d
 
 ARCHS = (80, 90)
@@ -213,10 +213,3 @@ def _ptxas_version(arch: int) -> str:
     text = subprocess.run([_ptxas(arch), "--version"], capture_output=True, text=True).stdout
     found = re.search(r"release (\S+), (V\S+)", text)
     return found.group(2) if found else text.strip().splitlines()[-1]
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None

@@ -7,6 +7,22 @@ from attnzoo.kernels import na2d
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
+CASES = [
+    ((1, 7, 9, 2, 16), 3, 1, True, None),
+    ((2, 10, 13, 1, 16), 5, 2, False, None),
+    ((1, 15, 8, 2, 16), 3, 2, True, None),
+    ((1, 9, 10, 1, 16), 3, 3, True, 0.3),
+    ((1, 7, 9, 1, 16), 7, 1, True, None),  # the window spans the whole height
+    ((1, 15, 14, 1, 16), 7, 2, False, 1.7),
+    ((1, 8, 11, 2, 32), 5, 1, True, None),
+    ((1, 19, 21, 1, 16), 7, 1, True, None),  # interior tiles and ragged last tiles in both axes
+    ((1, 9, 11, 1, 16), 9, 1, True, None),
+    ((1, 14, 13, 1, 16), 13, 1, True, None),  # k=13: bias table 25x25, halo wider than one 16-key block
+    ((1, 13, 17, 1, 16), 3, 4, True, None),  # dilation that divides neither side
+]
+"""(shape, kernel_size, dilation, with_rpb, scale) every na2d backend is compared with the reference at."""
+
+
 def make_inputs(shape, kernel_size, with_rpb=True, device=DEVICE, seed=0):
     """float32 q, k, v, an upstream gradient and (optionally) a bias, all from one seed."""
     gen = torch.Generator(device).manual_seed(seed)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from attnzoo.kernels import BackendError, flex_na2d, na2d
+from tests.kernels.na2d_compare import CASES as NA2D_CASES
 from tests.kernels.na2d_compare import assert_matches_torch, make_inputs
 
 if flex_na2d.unavailable() is not None:
@@ -15,20 +16,7 @@ if flex_na2d.unavailable() is not None:
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-CASES = [
-    ((1, 7, 9, 2, 16), 3, 1, True, None),
-    ((2, 10, 13, 1, 16), 5, 2, False, None),
-    ((1, 15, 8, 2, 16), 3, 2, True, None),
-    ((1, 9, 10, 1, 16), 3, 3, True, 0.3),
-    ((1, 7, 9, 1, 16), 7, 1, True, None),
-    ((1, 15, 14, 1, 16), 7, 2, False, 1.7),
-    ((1, 8, 11, 2, 32), 5, 1, True, None),
-    ((1, 19, 21, 1, 16), 7, 1, True, None),
-    ((1, 9, 11, 1, 16), 9, 1, True, None),
-    ((1, 12, 11, 1, 16), 11, 1, True, None),
-    ((1, 14, 13, 1, 16), 13, 1, True, None),
-    ((1, 13, 17, 1, 16), 3, 4, True, None),
-]
+CASES = [*NA2D_CASES, ((1, 12, 11, 1, 16), 11, 1, True, None)]
 
 
 @pytest.mark.parametrize("shape,kernel_size,dilation,with_rpb,scale", CASES)

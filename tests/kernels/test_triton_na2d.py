@@ -15,7 +15,7 @@ from attnzoo.kernels import (
     triton_na2d,  # noqa: E402
 )
 from attnzoo.kernels.torch_backend import na2d_torch
-from tests.kernels.na2d_compare import DEVICE, assert_matches_torch, make_inputs, run
+from tests.kernels.na2d_compare import CASES, DEVICE, assert_matches_torch, make_inputs, run
 from tests.kernels.reference import LargestTensor
 
 if triton_na2d._unavailable() is not None:
@@ -27,19 +27,9 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA de
 
 @pytest.mark.parametrize(
     "shape,kernel_size,dilation,with_rpb,scale",
-    [
-        ((1, 7, 9, 2, 16), 3, 1, True, None),
-        ((2, 10, 13, 1, 16), 5, 2, False, None),
-        ((1, 15, 8, 2, 16), 3, 2, True, None),
-        ((1, 9, 10, 1, 16), 3, 3, True, 0.3),
-        ((1, 7, 9, 1, 16), 7, 1, True, None),  # the window spans the whole height
-        ((1, 15, 14, 1, 16), 7, 2, False, 1.7),
-        ((1, 8, 11, 2, 32), 5, 1, True, None),
+    CASES
+    + [
         ((1, 10, 13, 2, 24), 3, 3, True, None),  # head_dim below its power-of-two block
-        ((1, 19, 21, 1, 16), 7, 1, True, None),  # interior tiles and ragged last tiles in both axes
-        ((1, 9, 11, 1, 16), 9, 1, True, None),
-        ((1, 14, 13, 1, 16), 13, 1, True, None),  # k=13: bias table 25x25, halo wider than one 16-key block
-        ((1, 13, 17, 1, 16), 3, 4, True, None),  # dilation that divides neither side
         ((1, 9, 8, 1, 64), 5, 1, True, None),
         ((1, 8, 9, 1, 128), 3, 1, True, None),  # widest head: 8 warps
         ((1, 10, 9, 1, 100), 3, 1, False, None),  # wide head below its power-of-two block

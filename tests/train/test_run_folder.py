@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnzoo.train.cli import LOCK_NAME, RunFolderError, build_cli, main
+from attnzoo.train.cli import LOCK_NAME, CommandError, build_cli, main
 from tests.train.conftest import fit_args
 
 
@@ -27,7 +27,7 @@ def test_last_checkpoint_is_the_final_state_even_with_a_step_interval(image_fold
 def test_a_new_run_into_a_used_folder_is_refused_unless_it_continues_or_overwrites(image_folder, tmp_path):
     run_dir = tmp_path / "run"
     short_fit(image_folder, run_dir)
-    with pytest.raises(RunFolderError, match=r"holds an earlier run's checkpoints \(best.ckpt, last.ckpt\)"):
+    with pytest.raises(CommandError, match=r"holds an earlier run's checkpoints \(best.ckpt, last.ckpt\)"):
         short_fit(image_folder, run_dir)
     with pytest.raises(SystemExit, match="attnzoo-train: error: run folder .* --overwrite true"):
         main(["fit", *fit_args(image_folder, run_dir, "--trainer.max_epochs=1")])
@@ -39,7 +39,7 @@ def test_a_new_run_into_a_used_folder_is_refused_unless_it_continues_or_overwrit
 
 
 def test_resuming_without_a_last_checkpoint_is_an_error(image_folder, tmp_path):
-    with pytest.raises(RunFolderError, match=r"--ckpt_path last: there is no .*last.ckpt"):
+    with pytest.raises(CommandError, match=r"--ckpt_path last: there is no .*last.ckpt"):
         short_fit(image_folder, tmp_path / "empty", "--ckpt_path=last")
 
 
@@ -50,7 +50,7 @@ def test_a_second_fit_into_a_folder_in_use_is_refused(image_folder, tmp_path):
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         other.write("pid 12345")
         other.flush()
-        with pytest.raises(RunFolderError, match=r"in use by another attnzoo-train fit \(pid 12345\)"):
+        with pytest.raises(CommandError, match=r"in use by another attnzoo-train fit \(pid 12345\)"):
             short_fit(image_folder, run_dir)
     assert not (run_dir / "checkpoints").exists()  # refused before anything was written
     short_fit(image_folder, run_dir)  # released: the folder is free again
@@ -82,7 +82,7 @@ def test_a_checkpoint_that_runs_code_is_refused_not_executed(image_folder, tmp_p
 
 def test_weights_only_false_is_refused(image_folder, tmp_path):
     args = fit_args(image_folder, tmp_path / "run", "--trainer.max_epochs=1")
-    with pytest.raises(RunFolderError, match="--weights_only false would let a checkpoint execute code"):
+    with pytest.raises(CommandError, match="--weights_only false would let a checkpoint execute code"):
         build_cli(["validate", *args, "--weights_only=false"])
 
 
