@@ -32,7 +32,7 @@ DEMO_DIR ?= $(or $(ATTNZOO_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/attnzoo
 DEMO_RUN := OMP_NUM_THREADS=1 $(VENV)/bin/attnzoo-train
 
 demo: $(STAMP)
-	$(PY) -c "from attnzoo.train import export_digits; print(export_digits())"
+	$(PY) -c "from attnzoo.train import write_digits; print(write_digits())"
 	rm -rf $(DEMO_DIR)
 	$(DEMO_RUN) fit --config configs/demo/digits.yaml --trainer.default_root_dir $(DEMO_DIR)
 	$(DEMO_RUN) validate --config configs/demo/digits.yaml --trainer.default_root_dir $(DEMO_DIR) \

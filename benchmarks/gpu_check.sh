@@ -28,7 +28,7 @@ step() {  # step SECONDS COMMAND...: run with a time limit, record a failure and
     echo "== $* (limit ${limit} s)"
     timeout "$limit" "$@" || { echo "== FAILED with status $?: $*"; status=1; }
 }
-attnzoo() { "$PY" -c "from attnzoo.cli import main; main()" "$@"; }
+attnzoo() { "$PY" -c "from attnzoo.tools.cli import main; main()" "$@"; }
 
 step 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/zoo/test_gpu_models.py --junitxml "$OUT_DIR/gpu-tests.xml"
 step 120 attnzoo bench kernels --min-run-time 0.3 --out "$OUT_DIR"

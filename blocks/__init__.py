@@ -5,34 +5,29 @@ Every mixer takes and returns channels-last maps ``(B, H, W, C)`` and is built o
 :func:`create_mixer` builds any of them by name, :class:`MixerBlock` wraps one in a block.
 """
 
+from collections.abc import Callable
+
 from torch import nn
 
 from .agent import AgentAttention
 from .block import MixerBlock
-from .dual import (
-    ChannelBlock,
-    ChannelGroupAttention,
-    DaViTBlockPair,
-    DualAttention,
-    SpatialBlock,
-    SpatialWindowAttention,
-)
+from .dual import ChannelGroupAttention, SpatialWindowAttention, davit_attention
 from .focal import FocalModulation
 from .hilo import HiLo
 from .neighborhood import NeighborhoodAttention2D
 from .quadtree import QuadTreeAttention
 from .sparsifiner import SparsifinerAttention
 
-MIXERS: dict[str, type[nn.Module]] = {
+MIXERS: dict[str, Callable[..., nn.Module]] = {
     "neighborhood": NeighborhoodAttention2D,
     "hilo": HiLo,
     "quadtree": QuadTreeAttention,
-    "dual": DualAttention,
+    "dual": davit_attention,
     "agent": AgentAttention,
     "focal": FocalModulation,
     "sparsifiner": SparsifinerAttention,
 }
-"""Registry of ``create_mixer`` names."""
+"""Registry of ``create_mixer`` names: each maps to a module class or a factory, called ``(dim, num_heads, **kw)``."""
 
 
 def create_mixer(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module:
@@ -45,17 +40,14 @@ def create_mixer(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module:
 __all__ = [
     "MIXERS",
     "AgentAttention",
-    "ChannelBlock",
     "ChannelGroupAttention",
-    "DaViTBlockPair",
-    "DualAttention",
     "FocalModulation",
-    "SpatialBlock",
-    "SpatialWindowAttention",
     "HiLo",
     "MixerBlock",
     "NeighborhoodAttention2D",
     "QuadTreeAttention",
     "SparsifinerAttention",
+    "SpatialWindowAttention",
     "create_mixer",
+    "davit_attention",
 ]

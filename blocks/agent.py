@@ -18,16 +18,14 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import _assert, trunc_normal_
 from torch import nn
 
-from ._common import (
+from attnzoo.kernels._checks import (
     check_dim_heads,
     check_fraction,
-    check_map,
     check_optional_positive_real,
     check_positive_int,
-    check_sequence,
 )
 
 
@@ -49,27 +47,20 @@ def _check_window_size(window_size: object) -> tuple[int, int]:
 class AgentAttention(nn.Module):
     """Agent attention over one ``window_size`` map, optionally preceded by prefix (cls) tokens.
 
-    Takes a channels-last map ``(B, H, W, C)`` (Agent-Swin / Agent-PVT with ``sr_ratio=1``; the window
-    is the whole map, as in the released classification models) or a sequence ``(B, P + H*W, C)`` with
-    ``grid_size=(H, W)`` (Agent-DeiT; ``P = num_prefix_tokens``). With prefix tokens, agents are pooled
-    from the patch queries only, ``ac_bias``/``ca_bias`` bias the agent->prefix and prefix->agent logits,
-    and ``dwc`` is added to the patch tokens only.
+    Takes a channels-last map ``(B, H, W, C)`` (Agent-Swin; Agent-PVT with ``sr_ratio=1``: the window is the
+    whole map) or a sequence ``(B, P + H*W, C)`` with ``grid_size=(H, W)`` (Agent-DeiT, ``P =
+    num_prefix_tokens``: agents are pooled from the patch queries and ``dwc`` is added to patch tokens only).
 
-    Parameter names follow the authors' checkpoints: ``qkv`` (q|k|v, heads contiguous in C), ``proj``,
-    ``dwc``, ``an_bias``/``na_bias`` ``(h, n, 7, 7)`` (bilinearly resized to the window, a smooth 2-D
-    prior), ``ah_bias``/``aw_bias``/``ha_bias``/``wa_bias`` (per-row/column terms sized by the window)
-    and, only when ``num_prefix_tokens > 0``, ``ac_bias`` ``(1, h, n, P)`` and ``ca_bias`` ``(1, h, P, n)``
-    (the authors' DeiT has ``P = 1``). Because these are sized by the window, a module serves one map
-    size. Agent-PVT's separate ``q``/``kv`` Linears are not kept: a checkpoint converter concatenates
-    ``q`` and ``kv`` (k|v) row-wise into ``qkv``, which computes the same projection.
-    ``qk_scale`` overrides ``head_dim ** -0.5``; the authors' modules accept but ignore it, so converters
-    should leave it ``None``.
+    Parameter names follow the authors' checkpoints (Agent-PVT's ``q``/``kv`` are concatenated into ``qkv`` by
+    its converter); the ``*_bias`` tables are sized by the window, so a module serves one map size.
+    ``sr_ratio > 1`` (Agent-PVT's ``agent_sr_ratios``): keys and values come from the map reduced by a strided
+    conv + LayerNorm (separate ``q``/``kv``/``sr``/``norm`` then), the agent->key biases are sized by the reduced
+    map, and ``dwc`` runs on the values bilinearly upsampled back to the map, as in the authors' ``agent_pvt.py``.
+    ``qk_scale`` overrides ``head_dim ** -0.5`` (the authors' modules accept but ignore it).
 
-    Dense prediction (the authors' ``downstream/`` backbones): ``dynamic_size=True`` accepts maps of any size,
-    the window-sized bias terms bilinearly resized to the map on each call (equal to the fixed module at
-    ``window_size``); ``agent_grid=(gh, gw)`` pools the agents to that grid instead of ``sqrt(agent_num)``
-    squared (their ``downstream_agent_shape``), the bias tables bilinearly resized over the agent axis, so the
-    ImageNet parameters serve more agents.
+    Dense prediction (the authors' ``downstream/`` backbones): ``dynamic_size=True`` resizes the window-sized
+    biases to each map; ``agent_grid=(gh, gw)`` pools the agents to that grid (their
+    ``downstream_agent_shape``), the bias tables resized over the agent axis.
     """
 
     def __init__(
@@ -85,6 +76,7 @@ class AgentAttention(nn.Module):
         num_prefix_tokens: int = 0,
         dynamic_size: bool = False,
         agent_grid: int | Sequence[int] | None = None,
+        sr_ratio: int = 1,
     ):
         super().__init__()
         self.dim = dim
@@ -97,23 +89,35 @@ class AgentAttention(nn.Module):
         qk_scale = check_optional_positive_real("qk_scale", qk_scale)
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
         self.attn_drop = check_fraction("attn_drop", attn_drop, 0.0, 1.0)
-        check_fraction("proj_drop", proj_drop, 0.0, 1.0)
+        proj_drop = check_fraction("proj_drop", proj_drop, 0.0, 1.0)
         self.dynamic_size = bool(dynamic_size)
         grid = (self.pool_size, self.pool_size) if agent_grid is None else agent_grid
         self.agent_grid = _check_window_size(grid)  # a positive pair, like a window
         if self.num_prefix_tokens and self.agent_grid != (self.pool_size, self.pool_size):
             raise ValueError("agent_grid other than sqrt(agent_num) is for maps without prefix tokens")
+        self.sr_ratio = check_positive_int("sr_ratio", sr_ratio)
+        if self.num_prefix_tokens and self.sr_ratio > 1:
+            raise ValueError("sr_ratio > 1 is for maps without prefix tokens")
+        self.key_size = (self.window_size[0] // self.sr_ratio, self.window_size[1] // self.sr_ratio)
+        if min(self.key_size) < 1:
+            raise ValueError(f"sr_ratio={self.sr_ratio} reduces the window_size {self.window_size} to nothing")
 
         wh, ww = self.window_size
         heads, agents, prefix = num_heads, self.agent_num, self.num_prefix_tokens
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        if self.sr_ratio == 1:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        else:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+            self.sr = nn.Conv2d(dim, dim, kernel_size=self.sr_ratio, stride=self.sr_ratio)
+            self.norm = nn.LayerNorm(dim)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.dwc = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
         self.an_bias = nn.Parameter(torch.zeros(heads, agents, 7, 7))
         self.na_bias = nn.Parameter(torch.zeros(heads, agents, 7, 7))
-        self.ah_bias = nn.Parameter(torch.zeros(1, heads, agents, wh, 1))
-        self.aw_bias = nn.Parameter(torch.zeros(1, heads, agents, 1, ww))
+        self.ah_bias = nn.Parameter(torch.zeros(1, heads, agents, self.key_size[0], 1))
+        self.aw_bias = nn.Parameter(torch.zeros(1, heads, agents, 1, self.key_size[1]))
         self.ha_bias = nn.Parameter(torch.zeros(1, heads, wh, 1, agents))
         self.wa_bias = nn.Parameter(torch.zeros(1, heads, 1, ww, agents))
         biases = [self.an_bias, self.na_bias, self.ah_bias, self.aw_bias, self.ha_bias, self.wa_bias]
@@ -135,43 +139,37 @@ class AgentAttention(nn.Module):
         ``num_prefix_tokens`` defaults to (and must equal) the value the module was built with.
         """
         prefix = self.num_prefix_tokens
-        if num_prefix_tokens is not None:
-            num_prefix_tokens = check_positive_int("num_prefix_tokens", num_prefix_tokens, minimum=0)
-            if num_prefix_tokens != prefix:
-                raise ValueError(
-                    f"num_prefix_tokens={num_prefix_tokens} but the module was built with num_prefix_tokens={prefix} "
-                    "(ac_bias/ca_bias are sized by it)"
-                )
-        if isinstance(x, torch.Tensor) and x.dim() == 3:
-            if grid_size is None:
-                raise ValueError(
-                    "x must be a channels-last map (B, H, W, C), or a token sequence (B, N, C) given with "
-                    f"grid_size=(H, W); got shape {tuple(x.shape)} without grid_size"
-                )
-            height, width = check_sequence(x, self.dim, grid_size, prefix)
-            tokens = x
-        else:
-            check_map(x, self.dim)
-            if prefix:
-                raise ValueError(
-                    f"the module was built with num_prefix_tokens={prefix}; give it a (B, N, C) sequence with "
-                    f"grid_size, not a (B, H, W, C) map of shape {tuple(x.shape)}"
-                )
-            height, width = x.shape[1], x.shape[2]
-            if grid_size is not None and tuple(grid_size) != (height, width):
-                raise ValueError(f"grid_size {tuple(grid_size)} does not match the map's (H, W) {(height, width)}")
-            tokens = x.flatten(1, 2)
-        if (height, width) != self.window_size and not self.dynamic_size:
-            raise ValueError(
-                f"map size (H, W) = {(height, width)} differs from the window_size {self.window_size} the module "
-                "was built for (the position biases are sized by it; dynamic_size=True resizes them)"
+        _assert(
+            num_prefix_tokens is None or num_prefix_tokens == prefix,
+            f"num_prefix_tokens must be the module's num_prefix_tokens={prefix} (ac_bias/ca_bias are sized by it)",
+        )
+        if grid_size is None:
+            _assert(
+                x.ndim == 4,
+                "x must be a channels-last map (B, H, W, C), or a token sequence (B, N, C) given with grid_size=(H, W)",
             )
-        out = self._mix(tokens, height, width)
-        return out.view_as(x)
+            _assert(prefix == 0, f"the module was built with num_prefix_tokens={prefix}: give it a (B, N, C) sequence")
+            height, width = x.shape[1], x.shape[2]
+        else:
+            _assert(x.ndim == 3, "with grid_size, x must be a token sequence (B, N, C)")
+            height, width = grid_size
+            _assert(
+                x.shape[1] == prefix + height * width,
+                f"x must hold num_prefix_tokens + H*W = {prefix} + {height}*{width} tokens",
+            )
+        _assert(x.shape[-1] == self.dim, f"x has the wrong number of channels for dim={self.dim}")
+        if not self.dynamic_size:  # the position biases are sized by the window
+            _assert(
+                (height == self.window_size[0]) & (width == self.window_size[1]),
+                f"the map must be the window_size {self.window_size} the module was built for (or dynamic_size=True)",
+            )
+            height, width = self.window_size
+        return self._mix(x.flatten(1, -2), height, width).view_as(x)
 
-    def _to_map(self, table: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """A ``(h, n, H', W')`` bias table bilinearly resized to the map (a no-op at its own size)."""
-        if tuple(table.shape[-2:]) == tuple(size):
+    @staticmethod
+    def _to_map(table: torch.Tensor, table_size: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+        """A ``(h, n, *table_size)`` bias table bilinearly resized to the map (a no-op at its own size)."""
+        if tuple(size) == table_size:
             return table
         return F.interpolate(table, size=size, mode="bilinear", align_corners=False)
 
@@ -184,17 +182,22 @@ class AgentAttention(nn.Module):
         grid = F.interpolate(grid, size=self.agent_grid, mode="bilinear", align_corners=False)
         return grid.reshape(heads, tokens, -1)
 
-    def _biases(self, dtype: torch.dtype, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Additive logits: agents->keys ``(1, h, n, P+HW)`` and queries->agents ``(1, h, P+HW, n)``.
+    def _biases(
+        self, dtype: torch.dtype, size: tuple[int, int], key_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive logits: agents->keys ``(1, h, n, P+hw)`` and queries->agents ``(1, h, P+HW, n)``.
 
         Each is a smooth 7x7 table resized to the map plus per-row and per-column terms (the latter resized too
         when the map is not the window: bilinear resizing of a row + column sum is the sum of the resized terms).
         """
         heads, agents = self.num_heads, self.agent_num
-        agent_key = self._to_map(self.an_bias, size) + self._to_map((self.ah_bias + self.aw_bias)[0], size)
+        window = self.window_size
+        agent_key = self._to_map(self.an_bias, (7, 7), key_size) + self._to_map(
+            (self.ah_bias + self.aw_bias)[0], self.key_size, key_size
+        )
         agent_key = agent_key.reshape(heads, agents, -1).transpose(1, 2)  # (h, HW, n)
         axis = (self.ha_bias + self.wa_bias)[0].permute(0, 3, 1, 2)  # (h, n, wh, ww)
-        query_agent = self._to_map(self.na_bias, size) + self._to_map(axis, size)
+        query_agent = self._to_map(self.na_bias, (7, 7), size) + self._to_map(axis, window, size)
         query_agent = query_agent.reshape(heads, agents, -1).transpose(1, 2)  # (h, HW, n)
         agent_key = self._to_agent_grid(agent_key).transpose(1, 2).unsqueeze(0)
         query_agent = self._to_agent_grid(query_agent).unsqueeze(0)
@@ -207,7 +210,15 @@ class AgentAttention(nn.Module):
         batch, n_tokens, channels = x.shape
         prefix = self.num_prefix_tokens
         heads, head_dim = self.num_heads, self.head_dim
-        q, k, v = self.qkv(x).view(batch, n_tokens, 3, heads, head_dim).unbind(2)  # (B, N, h, d) each
+        if self.sr_ratio == 1:
+            q, k, v = self.qkv(x).view(batch, n_tokens, 3, heads, head_dim).unbind(2)  # (B, N, h, d) each
+            key_size = (height, width)
+        else:  # keys/values from the map reduced by the strided conv (kernel = stride: floor(H / sr) rows)
+            q = self.q(x).view(batch, n_tokens, heads, head_dim)
+            reduced = self.sr(x.view(batch, height, width, channels).permute(0, 3, 1, 2))
+            key_size = (height // self.sr_ratio, width // self.sr_ratio)
+            reduced = self.norm(reduced.flatten(2).transpose(1, 2))
+            k, v = self.kv(reduced).view(batch, -1, 2, heads, head_dim).unbind(2)
 
         # Agents: adaptive average pool of the patch queries over all channels (bins overlap when the map
         # is not a multiple of the grid). Pooling is per channel, so it commutes with the head split.
@@ -215,11 +226,13 @@ class AgentAttention(nn.Module):
         agents = F.adaptive_avg_pool2d(q_map, self.agent_grid).flatten(2).transpose(1, 2)  # (B, n, C)
         agents = agents.reshape(batch, agents.shape[1], heads, head_dim).transpose(1, 2)  # (B, h, n, d)
         # Local term: depthwise 3x3 conv of the patch values (channels-last memory), added to patch tokens only.
-        v_map = v[:, prefix:].reshape(batch, height, width, channels).permute(0, 3, 1, 2)
+        v_map = v[:, prefix:].reshape(batch, *key_size, channels).permute(0, 3, 1, 2)
+        if self.sr_ratio > 1:
+            v_map = F.interpolate(v_map, size=(height, width), mode="bilinear", align_corners=False)
         local = self.dwc(v_map).permute(0, 2, 3, 1).reshape(batch, height * width, channels)
 
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, h, N, d)
-        agent_key, query_agent = self._biases(q.dtype, (height, width))
+        agent_key, query_agent = self._biases(q.dtype, (height, width), key_size)
         opts = dict(dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
         agent_v = F.scaled_dot_product_attention(agents, k, v, attn_mask=agent_key, **opts)  # (B, h, n, d)
         out = F.scaled_dot_product_attention(q, agents, agent_v, attn_mask=query_agent, **opts)  # (B, h, N, d)
@@ -234,5 +247,5 @@ class AgentAttention(nn.Module):
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, agent_num={self.agent_num}, "
             f"window_size={self.window_size}, num_prefix_tokens={self.num_prefix_tokens}, "
-            f"dynamic_size={self.dynamic_size}, agent_grid={self.agent_grid}"
+            f"dynamic_size={self.dynamic_size}, agent_grid={self.agent_grid}, sr_ratio={self.sr_ratio}"
         )

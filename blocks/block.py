@@ -6,7 +6,7 @@ import torch
 from timm.layers import DropPath, LayerScale, Mlp
 from torch import nn
 
-from ._common import check_positive_int
+from attnzoo.kernels._checks import check_positive_int
 
 
 class MixerBlock(nn.Module):

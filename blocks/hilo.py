@@ -4,12 +4,10 @@ Pan, Cai, Zhuang. "Fast Vision Transformers with HiLo Attention", NeurIPS 2022 (
 Authors' code: ziplab/LITv2, ``classification/models/attentions.py::HiLo`` and the detection backbone
 ``detection/mmdet/models/backbones/litv2.py`` (padding of maps not divisible by the window).
 
-The heads are split by ``alpha``: ``int(num_heads * alpha)`` Lo-Fi heads and the rest Hi-Fi heads.
-Hi-Fi heads attend within non-overlapping ``s x s`` windows (fine detail is local, so a window is enough);
-Lo-Fi heads let every token attend to the ``s x s`` average-pooled map (coarse structure is global but
-smooth, so pooled keys/values lose little). The two outputs are concatenated channel-wise as
-``[Hi-Fi | Lo-Fi]`` with no shared output projection. ``window_size == 1`` means plain global MHSA,
-computed by the Lo-Fi projections (``l_q``, ``l_kv``, ``l_proj``), as in the released stage-4 weights.
+``int(num_heads * alpha)`` Lo-Fi heads attend from every token to the ``s x s`` average-pooled map (coarse
+structure is smooth), the other, Hi-Fi heads within ``s x s`` windows (detail is local); outputs are
+concatenated as ``[Hi-Fi | Lo-Fi]``. ``window_size == 1`` is plain global MHSA through the Lo-Fi
+projections, as in the released stage-4 weights.
 """
 
 from __future__ import annotations
@@ -18,20 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_dim_heads, check_fraction, check_map, check_optional_positive_real, check_positive_int
+from attnzoo.kernels._checks import (
+    assert_map,
+    check_dim_heads,
+    check_fraction,
+    check_optional_positive_real,
+    check_positive_int,
+)
 
 
 class HiLo(nn.Module):
     """LITv2's HiLo attention on channels-last maps ``(B, H, W, C)``.
 
-    Parameters keep the names of the LITv2 checkpoints: ``h_qkv``/``h_proj`` (Hi-Fi, present only when
-    there are Hi-Fi heads) and ``l_q``/``l_kv``/``l_proj`` (Lo-Fi, present only when there are Lo-Fi heads).
-    Maps whose sides are not multiples of ``window_size`` are zero-padded at the bottom/right before the
-    projections and each branch is cropped before concatenation, as in LITv2's detection backbone (the
-    classification code assumes divisible, square maps, on which this is the identical computation).
-
-    ``attn_drop`` and ``proj_drop`` are accepted for signature compatibility; like the reference module,
-    HiLo applies neither (LITv2 trains without them).
+    Parameters keep the LITv2 checkpoint names: ``h_qkv``/``h_proj`` (only with Hi-Fi heads) and
+    ``l_q``/``l_kv``/``l_proj`` (only with Lo-Fi heads). Maps not divisible by ``window_size`` are zero-padded
+    at the bottom/right before the projections and each branch is cropped, as in LITv2's detection backbone.
+    ``attn_drop`` and ``proj_drop`` are accepted but, as in the reference module, not applied.
     """
 
     def __init__(
@@ -96,7 +96,7 @@ class HiLo(nn.Module):
         return self.l_proj(out.transpose(1, 2).reshape(batch, height, width, self.l_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_map(x, self.dim)
+        assert_map(x, self.dim)
         height, width = x.shape[1], x.shape[2]
         pad_h, pad_w = -height % self.ws, -width % self.ws
         if pad_h or pad_w:

@@ -12,18 +12,21 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from attnzoo.kernels import na2d
-
-from ._common import check_dim_heads, check_map, check_odd, check_optional_positive_real, check_positive_int
+from attnzoo.kernels._checks import (
+    assert_map,
+    check_dim_heads,
+    check_odd,
+    check_optional_positive_real,
+    check_positive_int,
+)
 
 
 class NeighborhoodAttention2D(nn.Module):
     """Each pixel attends to its ``kernel_size x kernel_size`` (dilated) neighbourhood, plus NAT's bias.
 
-    Parameters keep the names of the NAT/DiNAT checkpoints: ``qkv``, ``rpb`` ``(heads, 2k-1, 2k-1)``,
-    ``proj``. Maps smaller than ``kernel_size * dilation`` are zero-padded at the bottom/right before
-    the ``qkv`` projection and cropped afterwards, as NAT's module did (NATTEN <= 0.14), so padded
-    pixels are attended with keys/values equal to the qkv bias — which the released detection and
-    segmentation checkpoints were trained with.
+    Parameters keep the NAT/DiNAT checkpoint names: ``qkv``, ``rpb`` ``(heads, 2k-1, 2k-1)``, ``proj``. Maps
+    smaller than ``kernel_size * dilation`` are zero-padded at the bottom/right before ``qkv`` and cropped
+    afterwards, as NAT's module did (NATTEN <= 0.14) and the released dense-task checkpoints were trained.
     """
 
     def __init__(
@@ -57,7 +60,7 @@ class NeighborhoodAttention2D(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_map(x, self.dim)
+        assert_map(x, self.dim)
         batch, height, width, _ = x.shape
         span = self.kernel_size * self.dilation
         pad_h, pad_w = max(span - height, 0), max(span - width, 0)

@@ -5,44 +5,37 @@ Authors' code: Tangshitao/QuadTreeAttention, ``classification/quadtree_attention
 (the wrapper: projections, pyramid, output projection) and
 ``QuadTreeAttention/QuadtreeAttention/modules/quadtree_attention.py`` (``QTAttA``, ``QTAttB``).
 
-Queries, keys and values are built into a pyramid of ``L = sr_ratio`` levels (2x2 average pooling of
-q and k; of v too in variant A, a learned ``value_branchs`` block in variant B). The coarsest level is
-full attention. Every finer query inherits its parent's ``topk`` most-attended keys and attends only to
-their 4 children each (``4 * topk`` candidates), so attention cost grows linearly with the map size;
-its own ``topk`` best candidates seed the next level.
+Queries, keys and values form a pyramid of ``L = sr_ratio`` levels (2x2 average pooling; variant B builds
+the values with learned ``value_branchs``). The coarsest level is full attention; every finer query attends
+only to the 4 children of its parent's ``topk`` keys, so cost grows linearly with the map size.
 
-* Variant B (all released classification models): per level, softmax over that level's candidates
-  (:func:`attnzoo.kernels.gather_attention`), plus a depthwise 3x3 LePE of the level's values; the levels
-  are nearest-upsampled and summed with weights ``softmax(py_att.weight)``.
-* Variant A: the candidate softmax runs over the 4 children of each parent key and is multiplied by that
-  parent key's attention score (score redistribution); on every level but the finest the selected keys
-  are left out of the message (they are refined below). This is not a softmax over listed keys, so it is
-  computed with explicit gathers; the level messages are summed unweighted, without LePE.
+* Variant B (all released models): a softmax over each level's candidates
+  (:func:`attnzoo.kernels.gather_attention`) plus a depthwise 3x3 LePE; the levels are upsampled and summed
+  with weights ``softmax(py_att.weight)``.
+* Variant A: a softmax over the 4 children of each parent key, times that key's score; selected keys are
+  left out of the coarser messages (they are refined below); levels summed unweighted, no LePE.
 
-Identity (tested): when ``topk`` is at least the number of tokens of every level but the finest, each
-query's candidates are all keys of its level, so variant B equals
-``sum_l softmax(weight)_l * upsample(MHSA_l(q_l, k_l, v_l) + LePE_l(v_l))``; with ``L = 1`` it is plain
-MHSA + LePE.
-
-Interpretations of the authors' code (identical results wherever their code runs):
-``topk`` is clamped to the number of candidates (the authors' ``torch.topk`` raises when a level has
-fewer tokens than ``topk``), and selections that nothing reads (the finest level's top-k; the coarse
-top-k when ``L = 1`` in variant B) are not computed. ``qk_scale`` is honoured when given (the authors'
-core always uses ``head_dim ** -0.5``, which is the default here); ``attn_drop`` is accepted but, as in the
-reference, never applied. The authors cast the pyramid to fp32 for their CUDA ops; here attention runs
-in the input's (or autocast's) dtype.
+Departures from the authors' code (identical results wherever theirs runs): ``topk`` is clamped to the
+number of candidates (their ``torch.topk`` raises), selections nothing reads are skipped, ``qk_scale`` is
+honoured when given (their core always uses ``head_dim ** -0.5``), ``attn_drop`` is accepted but never
+applied (as theirs), and attention runs in the input's dtype (they cast to fp32 for their CUDA ops).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import _assert, trunc_normal_
 from torch import nn
 
 from attnzoo.kernels import gather_attention
-
-from ._common import check_dim_heads, check_fraction, check_map, check_optional_positive_real, check_positive_int
+from attnzoo.kernels._checks import (
+    assert_map,
+    check_dim_heads,
+    check_fraction,
+    check_optional_positive_real,
+    check_positive_int,
+)
 
 ATTN_TYPES = ("A", "B")
 
@@ -256,14 +249,12 @@ class QuadTreeAttention(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_map(x, self.dim)
-        height, width = x.shape[1], x.shape[2]
+        assert_map(x, self.dim)
         multiple = 2 ** (self.sr_ratio - 1)
-        if height % multiple or width % multiple:
-            raise ValueError(
-                f"x has a {height}x{width} map, but sr_ratio={self.sr_ratio} pyramid levels need H and W "
-                f"divisible by 2**(sr_ratio-1) = {multiple}"
-            )
+        _assert(
+            (x.shape[1] % multiple == 0) & (x.shape[2] % multiple == 0),
+            f"sr_ratio={self.sr_ratio} pyramid levels need H and W divisible by 2**(sr_ratio-1) = {multiple}",
+        )
         queries, keys, values = self._pyramid(x)
         forward_levels = self._forward_b if self.attn_type == "B" else self._forward_a
         out = forward_levels(queries, keys, values)

@@ -1,64 +1,34 @@
 """Sparsifiner: instance-dependent sparse attention chosen by a low-rank connectivity predictor.
 
-Wei, Duke, Jiang, Aarabi, Taylor, Shkurti. "Sparsifiner: Learning Sparse Instance-Dependent Attention for
-Efficient Vision Transformers", CVPR 2023 (arXiv 2303.13755). Authors' code: lim142857/Sparsifiner,
-``src/models/sparsifiner.py`` (``MaskPredictor``, ``Attention``); losses in ``src/losses.py``.
-
-Per block, a cheap predictor approximates the attention map in low rank, every query keeps the
-``ceil(keep_ratio * N)`` keys the approximation scores highest, and full-precision attention runs only
-over those keys. The authors compute that with a dense ``-inf``-masked softmax; here the kept keys are
-gathered (:func:`attnzoo.kernels.gather_attention`), which gives the same softmax over the same keys with
-O(N * k * d) memory. The predictor's own cost is inherent to the method: a rank-N_r approximation
-``(N, N_r) @ (N_r, N)`` and a top-k over its ``N x N`` scores.
-
-Training (authors' default recipe, SPEC §7.2): phase 1 trains only ``mask_predictor`` with dense attention
-(``attn_recon=True`` in training mode) on ``0.01 * mean over layers of MSE_sum(approx_attn, teacher
-attention rows 1..N-1)`` — see :func:`attn_recon_loss`; phase 2 freezes the predictor and trains the
-backbone through the sparse attention. The top-k indices carry no gradient, so the predictor learns only
-through that loss.
+Wei et al., "Sparsifiner: Learning Sparse Instance-Dependent Attention for Efficient Vision Transformers",
+CVPR 2023 (arXiv 2303.13755). Authors' code: lim142857/Sparsifiner, ``src/models/sparsifiner.py``
+(``MaskPredictor``, ``Attention``). Each query keeps the ``ceil(keep_ratio * N)`` keys the predictor scores
+highest. The authors mask a dense softmax with ``-inf``; here the kept keys are gathered
+(:func:`attnzoo.kernels.gather_attention`): the same softmax with O(N * k * d) memory.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import _assert, trunc_normal_
 from torch import nn
 
 from attnzoo.kernels import gather_attention
-
-from ._common import (
-    check_dim_heads,
-    check_fraction,
-    check_map,
-    check_optional_positive_real,
-    check_positive_int,
-    check_sequence,
-)
+from attnzoo.kernels._checks import check_dim_heads, check_fraction, check_optional_positive_real, check_positive_int
 
 _SPARSE_IMPLS = ("gather", "masked")
-
-
-def _check_non_negative_real(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
 
 
 class SparsifinerMaskPredictor(nn.Module):
     """Low-rank approximation of one layer's attention map (the authors' ``MaskPredictor``).
 
-    ``proj_c_q``/``proj_c_k`` shrink the head dimension (shared by all heads); ``proj_n`` ``(N, N_r)``
-    compresses the keys along the token axis (Linformer-style); the softmax over the N_r compressed
-    keys gives basis coefficients, and ``proj_back_n`` ``(N, N_r)``, read transposed, is the basis that
-    expands them back to N key columns. Its logits are scaled by ``num_heads ** -0.5``, as the authors
-    wrote it (their ``Attention`` never passes ``qk_scale`` down).
+    ``proj_c_q``/``proj_c_k`` shrink the head dimension, ``proj_n`` ``(N, N_r)`` compresses the keys
+    (Linformer-style), and ``proj_back_n`` read transposed expands the N_r basis coefficients back to N keys.
+    Logits are scaled by ``num_heads ** -0.5``, as the authors wrote it.
     """
 
     def __init__(
@@ -74,9 +44,9 @@ class SparsifinerMaskPredictor(nn.Module):
         basis_coef_threshold: float = 0.05,
     ):
         super().__init__()
-        head_dim = check_dim_heads(dim, num_heads)
+        head_dim = dim // num_heads  # dim, num_heads and num_tokens are checked by SparsifinerAttention
         self.num_heads = num_heads
-        self.num_tokens = check_positive_int("num_tokens", num_tokens)
+        self.num_tokens = num_tokens
         reduce_n_factor = check_positive_int("reduce_n_factor", reduce_n_factor)
         reduce_c_factor = check_positive_int("reduce_c_factor", reduce_c_factor)
         self.reduced_c = head_dim // reduce_c_factor
@@ -85,30 +55,29 @@ class SparsifinerMaskPredictor(nn.Module):
                 f"reduce_c_factor ({reduce_c_factor}) must not exceed the head dimension dim // num_heads ({head_dim})"
             )
         # The authors' int(N // reduce_n_factor); at least one column so that tiny maps (N < factor) still work.
-        self.reduced_n = max(self.num_tokens // reduce_n_factor, 1)
+        self.reduced_n = max(num_tokens // reduce_n_factor, 1)
         self.scale = num_heads**-0.5
-        self.basis_threshold = _check_non_negative_real("basis_threshold", basis_threshold)
+        self.basis_threshold = check_fraction("basis_threshold", basis_threshold, 0.0, math.inf)
         if basis_coef_topk is not None:
             basis_coef_topk = check_positive_int("basis_coef_topk", basis_coef_topk)
         self.basis_coef_topk = basis_coef_topk
-        self.basis_coef_threshold = _check_non_negative_real("basis_coef_threshold", basis_coef_threshold)
+        self.basis_coef_threshold = check_fraction("basis_coef_threshold", basis_coef_threshold, 0.0, math.inf)
 
         self.proj_c_q = nn.Linear(head_dim, self.reduced_c)
         self.proj_c_k = nn.Linear(head_dim, self.reduced_c)
-        self.proj_n = nn.Parameter(torch.zeros(self.num_tokens, self.reduced_n))
+        self.proj_n = nn.Parameter(torch.zeros(num_tokens, self.reduced_n))
         trunc_normal_(self.proj_n, std=0.02)
         if share_inout_proj:
             self.proj_back_n = self.proj_n
         else:
-            self.proj_back_n = nn.Parameter(torch.zeros(self.num_tokens, self.reduced_n))
+            self.proj_back_n = nn.Parameter(torch.zeros(num_tokens, self.reduced_n))
             trunc_normal_(self.proj_back_n, std=0.02)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, num_prefix_tokens: int, recon: bool):
         """``(basis_coef (B, h, N-p, N_r), approx_attn (B, h, N-p, N))`` for the non-prefix queries.
 
-        ``recon`` (the authors' reconstruction-training mode) uses the raw basis and every coefficient;
-        otherwise the basis is ``|proj_back_n|`` with entries ``<= basis_threshold`` zeroed and each row of
-        coefficients keeps its ``basis_coef_topk`` largest (or those above ``basis_coef_threshold``).
+        ``recon`` (phase-1 training) uses the raw basis and every coefficient; otherwise the basis is
+        ``|proj_back_n|`` thresholded and each coefficient row keeps its top ``basis_coef_topk``.
         """
         # Run in the parameters' dtype even under autocast: the top-k choice of keys should not hinge on
         # bf16 rounding (which turns many low-rank scores into ties).
@@ -140,28 +109,19 @@ class SparsifinerMaskPredictor(nn.Module):
 class SparsifinerAttention(nn.Module):
     """Multi-head attention whose connectivity (top-k keys per query) a low-rank predictor chooses per image.
 
-    Parameter names follow the authors' checkpoints: ``qkv``, ``proj``, ``mask_predictor.proj_c_q``,
-    ``mask_predictor.proj_c_k``, ``mask_predictor.proj_n`` ``(N, N_r)``, ``mask_predictor.proj_back_n``
-    ``(N, N_r)``. Defaults are the authors' DeiT-S run (``sparsifiner_default_config.yaml``): keep 25% of
-    the keys, ``N_r = N // 6``, ``c = d // 2``, basis threshold 0.02, top-8 basis coefficients.
-
-    The predictor is sized by the token count, so the module serves one ``num_tokens``. Prefix tokens
-    (DeiT's cls token) are queries that attend to every token, like the authors' all-ones cls row; as keys
-    they compete for the top-k like any other token.
+    Parameter names are the authors' checkpoint keys; defaults are their DeiT-S run
+    (``sparsifiner_default_config.yaml``). The predictor is sized by the token count, so the module serves one
+    ``num_tokens``. Prefix tokens (DeiT's cls token) attend to every token, like the authors' all-ones cls row.
 
     Args:
-        keep_ratio: fraction of keys each query keeps (the authors' ``attn_keep_rate``), in (0, 1];
-            ``ceil(keep_ratio * num_tokens)`` keys. At 1.0 the attention is dense.
-        reduce_n_factor, reduce_c_factor: ``N_r = max(num_tokens // reduce_n_factor, 1)`` (the max only for tiny
-            maps, where the authors' N_r would be 0), ``c = head_dim // reduce_c_factor``.
-        share_inout_proj: ``proj_back_n`` is ``proj_n`` (one parameter under both names).
+        keep_ratio: fraction of keys each query keeps (the authors' ``attn_keep_rate``), in (0, 1].
+        reduce_n_factor, reduce_c_factor: ``N_r = max(num_tokens // reduce_n_factor, 1)``,
+            ``c = head_dim // reduce_c_factor``.
         basis_threshold, basis_coef_topk, basis_coef_threshold: sparsification of the predictor outside
             reconstruction training (``basis_coef_topk=None`` switches to the threshold).
-        attn_recon: the authors' phase-1 mode; while training, attention is dense and the predictor uses the
-            raw basis and all coefficients. Has no effect in eval mode. May be toggled on the module.
-        sparse_impl: ``"gather"`` (O(N k d), default) or ``"masked"`` (dense SDPA with a boolean mask, as the
-            authors compute it; O(N^2), kept for comparison).
-        attn_drop: must be 0 — the authors' forward never applies attention dropout.
+        attn_recon: the authors' phase-1 mode: while training, attention is dense. May be toggled on the module.
+        sparse_impl: ``"gather"`` (O(N k d)) or ``"masked"`` (the authors' dense masked softmax, O(N^2)).
+        attn_drop: must be 0; the authors never apply attention dropout.
     """
 
     def __init__(
@@ -194,7 +154,6 @@ class SparsifinerAttention(nn.Module):
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
         if check_fraction("attn_drop", attn_drop, 0.0, 1.0) != 0.0:
             raise ValueError(f"attn_drop must be 0 for Sparsifiner (the authors never apply it), got {attn_drop}")
-        check_fraction("proj_drop", proj_drop, 0.0, 1.0)
         if sparse_impl not in _SPARSE_IMPLS:
             raise ValueError(f"sparse_impl must be one of {_SPARSE_IMPLS}, got {sparse_impl!r}")
         self.sparse_impl = sparse_impl
@@ -224,31 +183,23 @@ class SparsifinerAttention(nn.Module):
     ):
         """``(B, H, W, C)`` map, or ``(B, N, C)`` sequence with ``grid_size=(H, W)`` and ``num_prefix_tokens``.
 
-        With ``return_aux`` returns ``(out, aux)``; ``aux`` holds, for the non-prefix queries,
-        ``approx_attn`` (the predictor's map, differentiable in its parameters), ``attn`` (the detached
-        dense attention probabilities it is trained to match), ``basis_coef`` and ``index`` (the kept keys).
+        With ``return_aux``: ``(out, aux)``, ``aux`` holding ``approx_attn``, the detached dense ``attn`` it
+        is trained to match, ``basis_coef`` and ``index`` (the kept keys) for the non-prefix queries.
         """
-        num_prefix_tokens = check_positive_int("num_prefix_tokens", num_prefix_tokens, minimum=0)
-        if isinstance(x, torch.Tensor) and (x.dim() not in (3, 4) or (x.dim() == 3 and grid_size is None)):
-            raise ValueError(
-                "x must be a channels-last map (B, H, W, C), or a token sequence (B, N, C) given with "
-                f"grid_size=(H, W); got shape {tuple(x.shape)}" + (" without grid_size" if x.dim() == 3 else "")
+        if x.dim() == 3 and grid_size is not None:
+            _assert(
+                0 <= num_prefix_tokens and x.shape[1] == num_prefix_tokens + grid_size[0] * grid_size[1],
+                "a token sequence holds num_prefix_tokens + H*W tokens",
             )
-        if isinstance(x, torch.Tensor) and x.dim() == 3:
-            check_sequence(x, self.dim, grid_size, num_prefix_tokens)
             tokens = x
         else:
-            check_map(x, self.dim)
-            if num_prefix_tokens:
-                raise ValueError(f"num_prefix_tokens must be 0 for a (B, H, W, C) map, got {num_prefix_tokens}")
-            if grid_size is not None and tuple(grid_size) != tuple(x.shape[1:3]):
-                raise ValueError(f"grid_size {tuple(grid_size)} does not match the map's (H, W) {tuple(x.shape[1:3])}")
+            msg = "x must be a channels-last map (B, H, W, C), or a token sequence (B, N, C) given with grid_size"
+            _assert(x.dim() == 4, msg)
+            _assert(num_prefix_tokens == 0, "a (B, H, W, C) map has no prefix tokens")
+            _assert(grid_size is None or tuple(grid_size) == x.shape[1:3], "grid_size must be the map's (H, W)")
             tokens = x.flatten(1, 2)
-        if tokens.shape[1] != self.num_tokens:
-            raise ValueError(
-                f"x has {tokens.shape[1]} tokens but the module was built with num_tokens={self.num_tokens} "
-                "(the connectivity predictor's proj_n/proj_back_n are sized by the token count)"
-            )
+        # the predictor's proj_n/proj_back_n are sized by the token count
+        _assert(tokens.shape[1] == self.num_tokens, f"x must hold the module's num_tokens={self.num_tokens} tokens")
         out, aux = self._mix(tokens, num_prefix_tokens, return_aux)
         if x.dim() == 4:
             out = out.view_as(x)
@@ -292,16 +243,3 @@ class SparsifinerAttention(nn.Module):
             f"dim={self.dim}, num_heads={self.num_heads}, num_tokens={self.num_tokens}, "
             f"keep_ratio={self.keep_ratio}, attn_budget={self.attn_budget}, sparse_impl={self.sparse_impl!r}"
         )
-
-
-def attn_recon_loss(aux_per_layer: Sequence[dict], weight: float = 0.01) -> torch.Tensor:
-    """The authors' predictor loss: ``weight * mean over layers of MSE_sum(approx_attn, attn)``.
-
-    ``aux_per_layer`` holds each block's ``aux``. The authors' target is the frozen dense teacher's
-    attention (rows 1..N-1); in their phase 1 the backbone is the teacher's and frozen, so ``aux["attn"]``
-    (the block's own dense probabilities) is the same target. Pass teacher maps in ``attn`` otherwise.
-    """
-    if len(aux_per_layer) == 0:
-        raise ValueError("aux_per_layer must hold at least one layer's aux")
-    total = sum(F.mse_loss(aux["approx_attn"], aux["attn"], reduction="sum") for aux in aux_per_layer)
-    return weight * total / len(aux_per_layer)

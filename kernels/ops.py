@@ -5,7 +5,15 @@ from __future__ import annotations
 import torch
 
 from . import flex_na2d, natten_backend, torch_backend, triton_gather, triton_na2d  # noqa: F401  (each registers itself)
-from ._checks import check_floating, check_int, check_probability, check_same_dtype_device, check_scale, check_tensor
+from ._checks import (
+    check_floating,
+    check_fraction,
+    check_odd,
+    check_positive_int,
+    check_same_dtype_device,
+    check_scale,
+    check_tensor,
+)
 from ._dispatch import resolve
 
 _NA_LAYOUT = "(B, H, W, heads, head_dim)"
@@ -49,10 +57,8 @@ def na2d(
         raise ValueError(
             f"q, k and v must have one shape; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
-    kernel_size = check_int("kernel_size", kernel_size, 1)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-    dilation = check_int("dilation", dilation, 1)
+    kernel_size = check_odd("kernel_size", kernel_size)
+    dilation = check_positive_int("dilation", dilation)
     _, height, width, heads, head_dim = q.shape
     span = kernel_size * dilation
     if height < span or width < span:
@@ -71,7 +77,7 @@ def na2d(
         if rpb.device != q.device:
             raise ValueError(f"rpb is on {rpb.device} but q is on {q.device}; they must be on one device")
     scale = check_scale(scale, head_dim)
-    attn_drop = check_probability("attn_drop", attn_drop)
+    attn_drop = check_fraction("attn_drop", attn_drop, 0, 1, high_open=True)
     impl = resolve(
         "na2d",
         backend,

@@ -1,24 +1,30 @@
-"""What the dense tasks do alike with their timm backbone: its keyword arguments, an optional attnzoo graft,
-fixed-size padding, and pretrained weights loaded once at ``setup``.
+"""The dense tasks' timm backbone: its name and keyword arguments, strides, an optional attnzoo graft, padding.
 
 ``DetectionTask`` and ``SegmentationTask`` build their backbones through different libraries (torchvision's FPN
-adapter, smp's ``tu-`` encoder), so each keeps its own constructor; what they share lives here.
+adapter, smp's ``tu-`` encoder), so each keeps its own constructor; these helpers serve both.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from attnzoo import graft as graft_mixer
+from attnzoo._names import unknown_model_message
 from attnzoo.blocks import MIXERS
+
+
+def check_backbone(name: str) -> None:
+    """``ValueError`` naming ``backbone`` (with close names) for a model timm cannot build; no local/Hub sources."""
+    if name.startswith(("local-dir:", "hf-hub:")):
+        raise ValueError(f"backbone: give a registered timm model name, got {name!r}")
+    message = unknown_model_message(name)
+    if message is not None:
+        raise ValueError(f"backbone: {message}")
 
 
 def backbone_kwargs(
@@ -85,19 +91,3 @@ def pad_to_input_size(x: torch.Tensor, input_size: tuple[int, int] | None) -> to
             "built for: raise input_size, resize smaller, or evaluate with sliding windows (inference: slide)"
         )
     return F.pad(x, (0, input_size[1] - w, 0, input_size[0] - h))
-
-
-def load_pretrained_once(task: LightningModule, load: Callable[[], None], what: str) -> None:
-    """Call ``load`` (copy timm's pretrained weights into the backbone) once, at ``setup``.
-
-    Not in ``__init__``: ``validate --ckpt_path`` and the configs' dry instantiation must not download, and a
-    Lightning checkpoint being restored would overwrite the weights anyway.
-    """
-    if not task.hparams.pretrained or getattr(task, "_pretrained_loaded", False):
-        return
-    if task._trainer is not None and task.trainer.ckpt_path:
-        rank_zero_info(f"not loading pretrained weights: restoring {task.trainer.ckpt_path}")
-    else:
-        load()
-        rank_zero_info(f"loaded the pretrained weights of {task.hparams.backbone} into the {what}")
-    task._pretrained_loaded = True

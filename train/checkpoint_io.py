@@ -1,10 +1,9 @@
 """Checkpoint files written so that a kill at any moment leaves either the old file or the new one, never half of one.
 
-Lightning's own writer goes through an fsspec transaction whose temporary file lives in the system's temp
-folder; a kill mid-write orphans it there, and the final move across file systems is a copy, not atomic.
-Here the bytes go to a temporary file beside the target (same file system), are flushed to disk, and
-``os.replace`` swaps it in atomically. Temporary files of killed writers are recognisable by name and are
-removed when the next ``fit`` claims the run folder.
+Lightning's writer keeps its temporary file in the system's temp folder, so a kill orphans it and the final
+move across file systems is a copy, not atomic. Here the bytes go to a temporary file beside the target,
+are fsynced, and ``os.replace`` swaps it in; killed writers' temporaries are removed when the next ``fit``
+claims the run folder.
 """
 
 from __future__ import annotations

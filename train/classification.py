@@ -1,28 +1,17 @@
 """Image classification with any timm model (attnzoo's included) as a LightningModule.
 
-The training recipe is timm's own, so a YAML config can reproduce a paper that was trained with timm's
-``train.py`` (NAT, DiNAT) or a Swin-style script (LITv2) setting for setting:
+The recipe is timm's own, so a YAML config reproduces a paper trained with timm's ``train.py`` (NAT, DiNAT)
+or a Swin-style script (LITv2) setting for setting: timm's optimiser, weight-decay groups, layer decay and
+per-update schedule (:mod:`.optim`), a module's own ``lr_scale`` (LITv2's offsets train at 0.01x),
+Mixup/CutMix with label smoothing, an EMA validated next to the trained weights every epoch (timm's
+practice: one run tells whether the EMA is better), and top-1/top-5 as the fraction of images.
 
-* optimizer: ``timm.optim.create_optimizer_v2`` (AdamW by default) with timm's weight-decay groups,
-  layer-wise lr decay from the model's ``group_matcher`` when ``layer_decay`` is set, and the ``lr_scale``
-  that a module may carry (LITv2's deformable offsets train at 0.01x);
-* schedule: ``timm.scheduler.create_scheduler_v2`` stepped every optimizer update (warmup, cosine, cooldown
-  given in epochs). Only timm's schedulers apply the groups' ``lr_scale``; a torch scheduler would drop
-  layer decay silently, which is why the CLI's automatic optimizer arguments are switched off;
-* Mixup/CutMix with label smoothing (``timm.data.Mixup`` + ``SoftTargetCrossEntropy``), or plain label
-  smoothing;
-* an EMA of the weights (``timm.utils.ModelEmaV3``) validated next to the trained weights every epoch
-  (``val/ema_acc1``) — timm's practice, so that one run tells whether the EMA is the better model;
-* torchmetrics top-1/top-5 (micro averaged: the fraction of images, as papers report).
-
-Pretrained weights are loaded at ``setup`` (not in ``__init__``) and only when no Lightning checkpoint is
-being restored, so ``validate --ckpt_path ...`` or ``load_from_checkpoint`` never re-downloads weights that
-the checkpoint overwrites anyway.
+Pretrained weights load at ``setup`` and only when no Lightning checkpoint is being restored, so
+``validate --ckpt_path`` never re-downloads weights the checkpoint overwrites anyway.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -32,19 +21,18 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2, list_optimizers, param_groups_layer_decay, param_groups_weight_decay
-from timm.scheduler import create_scheduler_v2
+from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-import attnzoo  # noqa: F401  (registers attnzoo's models in timm)
-from attnzoo.bench import unknown_model_message
+from attnzoo._names import unknown_model_message
+
+from .optim import check_opt_and_sched, param_groups, per_update_schedule
 
 __all__ = ["ClassificationTask"]
 
-SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly", "wsd", "rsqrt", "constant")
 _SOURCES = ("local-dir:", "hf-hub:")
 
 
@@ -166,10 +154,7 @@ class ClassificationTask(LightningModule):
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if pretrained_file is not None and not _is_url(pretrained_file) and not Path(pretrained_file).is_file():
             raise FileNotFoundError(f"pretrained_file: no such file {pretrained_file!r}")
-        if opt.lower().split("_")[-1] not in list_optimizers():
-            raise ValueError(f"opt: unknown timm optimizer {opt!r}; see timm.optim.list_optimizers()")
-        if sched not in SCHEDULERS:
-            raise ValueError(f"sched: {sched!r} is not one of {', '.join(SCHEDULERS)}")
+        check_opt_and_sched(opt, sched)
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1) or null, got {ema_decay}")
         if not 0.0 <= label_smoothing < 1.0:
@@ -305,21 +290,7 @@ class ClassificationTask(LightningModule):
 
     # --- optimisation -----------------------------------------------------------------------------
     def _param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
-        hp = self.hparams
-        no_decay = set(getattr(model, "no_weight_decay", lambda: ())())
-        if hp.layer_decay is not None:
-            groups = param_groups_layer_decay(
-                model, weight_decay=hp.weight_decay, layer_decay=hp.layer_decay, no_weight_decay_list=no_decay
-            )
-        else:
-            groups = param_groups_weight_decay(model, weight_decay=hp.weight_decay, no_weight_decay_list=no_decay)
-        return _with_module_lr_scale(model, groups)
-
-    def _updates_per_epoch(self, total: int) -> float:
-        batches = self.trainer.num_training_batches
-        if not math.isfinite(batches) or batches <= 0:
-            return float(total)
-        return float(math.ceil(batches / self.trainer.accumulate_grad_batches))
+        return _with_module_lr_scale(model, param_groups(model, self.hparams.weight_decay, self.hparams.layer_decay))
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -331,24 +302,16 @@ class ClassificationTask(LightningModule):
             param_group_fn=self._param_groups,
             **(hp.opt_kwargs or {}),
         )
-        total = int(self.trainer.estimated_stepping_batches)  # optimizer updates of the whole fit
-        per_epoch = self._updates_per_epoch(total)
-        epochs = total / per_epoch - hp.cooldown_epochs
-        if epochs <= hp.warmup_epochs and hp.sched not in ("constant",):
-            rank_zero_info(f"the run ({total} updates) is shorter than warmup + cooldown; the lr never decays")
-        scheduler, _ = create_scheduler_v2(
+        return per_update_schedule(
+            self,
             optimizer,
-            sched=hp.sched,
-            num_epochs=max(epochs, 1.0 / per_epoch),
+            hp.sched,
+            hp.warmup_lr,
+            hp.min_lr,
+            hp.sched_kwargs,
             warmup_epochs=hp.warmup_epochs,
-            warmup_lr=hp.warmup_lr,
-            min_lr=hp.min_lr,
             cooldown_epochs=hp.cooldown_epochs,
-            step_on_epochs=False,
-            updates_per_epoch=per_epoch,
-            **(hp.sched_kwargs or {}),
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any = None) -> None:
         """timm schedulers take the update count (Lightning calls this after each optimizer step)."""

@@ -6,25 +6,13 @@
     attnzoo-train validate --config ... --ckpt_path RUN/checkpoints/best.ckpt
     attnzoo-train fit --config ... --print_config            # the full resolved config
 
-What this CLI adds to Lightning's:
-
-* ``model`` and ``data`` are any LightningModule / LightningDataModule, chosen by ``class_path`` in the YAML
-  (short names work for :mod:`attnzoo.train`'s classes); ``data.num_classes`` is linked into
-  ``model.init_args.num_classes`` when both are instantiated.
-* two checkpoint callbacks under ``trainer.default_root_dir/checkpoints``: ``checkpoint`` keeps ``best.ckpt``
-  (``val/acc1`` by default; the detection and segmentation YAMLs set ``checkpoint.monitor``, e.g. ``val/map_50``,
-  ``val/miou``) and ``last_checkpoint`` keeps ``last.ckpt`` (each epoch, every
-  ``last_checkpoint.every_n_train_steps`` if set, when training ends, and on Ctrl-C or an exception), which
-  ``--ckpt_path last`` resumes from (an error when there is none); neither gets a ``-v1`` suffix;
-* a run folder belongs to one run: a second ``fit`` into it while one runs is refused (a lock), and a new
-  ``fit`` into a folder holding checkpoints is refused unless it continues (``--ckpt_path``) or says
-  ``--overwrite true``;
-* every checkpoint, local or URL, is read with ``weights_only=True``: reading one never executes code;
-* checkpoints are written atomically (:mod:`attnzoo.train.checkpoint_io`): a kill leaves the old file or the new;
-* ``trainer.logger: null`` (the default) means a CSV and a TensorBoard logger under
-  ``trainer.default_root_dir`` (``csv/version_N/metrics.csv``, ``tensorboard/version_N``);
-* no automatic ``--optimizer``/``--lr_scheduler`` arguments: the task builds timm's optimizer and
-  scheduler itself (the CLI's torch schedulers would drop layer-wise lr decay).
+What it adds to Lightning's: ``data.num_classes`` linked into the task; ``best.ckpt`` (``checkpoint``, by
+``val/acc1`` unless the YAML sets ``checkpoint.monitor``) and ``last.ckpt`` (``last_checkpoint``: each epoch,
+every ``every_n_train_steps`` if set, at the end, on Ctrl-C or an exception) under
+``default_root_dir/checkpoints``, never with a ``-v1`` suffix; one run per folder (a lock, and no mixing with an
+earlier run's checkpoints without ``--ckpt_path`` or ``--overwrite true``); every checkpoint read with
+``weights_only=True`` and written atomically; CSV and TensorBoard loggers by default; no automatic
+``--optimizer``/``--lr_scheduler`` arguments (a torch scheduler would drop timm's layer-wise lr decay).
 """
 
 from __future__ import annotations
@@ -38,6 +26,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from .checkpoint_io import AtomicCheckpointIO, remove_partial_writes
 
@@ -122,7 +111,7 @@ class AttnzooCLI(LightningCLI):
         kwargs["weights_only"] = True  # Lightning would unpickle a checkpoint URL with weights_only=False
         root = Path(self.trainer.default_root_dir)
         checkpoints = Path(checkpoint_dir(str(root)))
-        if subcommand == "fit":
+        if subcommand == "fit" and rank_zero_only.rank == 0:  # DDP's other ranks re-run this command in the folder
             overwrite = self.config_init[subcommand].get("overwrite", False)
             self._claim_run_folder(root, checkpoints, kwargs.get("ckpt_path"), overwrite)
         if kwargs.get("ckpt_path") == "last":
@@ -191,9 +180,11 @@ class AttnzooCLI(LightningCLI):
 
 
 def _register_classes() -> None:
-    """Import what YAML refers to by short name: the tasks, the data modules and attnzoo's timm models."""
-    import attnzoo  # noqa: F401  (registers the zoo's models in timm)
-    import attnzoo.train  # noqa: F401  (the tasks and data modules of attnzoo.train.__all__)
+    """Import what YAML refers to by short name: the tasks and data modules of ``attnzoo.train.__all__``."""
+    import attnzoo.train
+
+    for name in attnzoo.train.__all__:
+        getattr(attnzoo.train, name)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) -> AttnzooCLI:

@@ -1,10 +1,8 @@
 """ImageNet-style folders (``root/<split>/<class>/<image>``) as a LightningDataModule, with timm's transforms.
 
-Preprocessing follows the model being trained: at ``setup`` the data module reads the task's model's
-``pretrained_cfg`` (input size, interpolation, crop_pct, mean/std) through ``timm.data.resolve_data_config``,
-so a 384-px or a non-ImageNet-normalised model gets its own pipeline without repeating it in the config.
-Any of those values given here wins. The training transform is timm's ``create_transform`` (random
-resized crop, flips, colour jitter, RandAugment/AutoAugment, random erasing); evaluation resizes to
+Preprocessing follows the model being trained (its ``pretrained_cfg``: input size, interpolation, crop_pct,
+mean/std, read at ``setup``), so a 384-px or differently normalised model needs no repeat in the config;
+values given here win. Training uses timm's ``create_transform``; evaluation resizes to
 ``input_size / crop_pct`` and centre-crops, as timm's validation does.
 """
 

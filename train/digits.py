@@ -1,13 +1,9 @@
 """scikit-learn's handwritten digits as an ImageFolder tree: real labelled images that need no download.
 
 ``sklearn.datasets.load_digits`` ships 1,797 8x8 greyscale scans (UCI "Optical Recognition of Handwritten
-Digits", 16 grey levels) inside the scikit-learn wheel. :func:`export_digits` writes them once as PNGs to
+Digits", 16 grey levels) inside the scikit-learn wheel. :func:`write_digits` writes them once as PNGs to
 ``root/{train,validation}/<digit>/<index>.png`` (a fixed stratified 80/20 split), so the demo and the tests
-exercise exactly the ImageFolder path that ImageNet takes. :class:`DigitsData` is
-:class:`~attnzoo.train.ImageFolderData` on that tree with augmentation that suits digits (no flips).
-
-``python -c "from attnzoo.train import export_digits; print(export_digits())"`` writes the tree and prints
-where (``make demo`` does this first).
+take exactly the ImageFolder path ImageNet takes (``make demo`` writes it first).
 """
 
 from __future__ import annotations
@@ -20,7 +16,7 @@ from pathlib import Path
 
 from .data import ImageFolderData
 
-__all__ = ["DigitsData", "default_root", "export_digits"]
+__all__ = ["DigitsData", "default_root", "write_digits"]
 
 _MARKER = ".complete"
 
@@ -33,11 +29,11 @@ def default_root() -> Path:
     return cache / "attnzoo" / "digits"
 
 
-def export_digits(root: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0) -> Path:
+def write_digits(root: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0) -> Path:
     """Write the digits as an ImageFolder tree under ``root`` (once; later calls return at once).
 
-    The tree is built in a temporary sibling folder and renamed into place, so an interrupted export or two
-    processes exporting at once never leave a half-written tree behind.
+    The tree is built in a temporary sibling folder and renamed into place, so an interrupted write or two
+    processes writing at once never leave a half-written tree behind.
     """
     import numpy as np
     from PIL import Image
@@ -48,7 +44,7 @@ def export_digits(root: str | Path | None = None, val_fraction: float = 0.2, see
     if (root / _MARKER).is_file():
         return root
     if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"root: {str(root)!r} exists, is not empty and is not a finished digits export")
+        raise FileExistsError(f"root: {str(root)!r} exists, is not empty and is not a finished digits tree")
     digits = load_digits()
     indices = np.arange(len(digits.target))
     train, val = train_test_split(indices, test_size=val_fraction, random_state=seed, stratify=digits.target)
@@ -116,4 +112,4 @@ class DigitsData(ImageFolderData):
         )
 
     def prepare_data(self) -> None:
-        export_digits(self.root)
+        write_digits(self.root)

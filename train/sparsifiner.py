@@ -1,11 +1,7 @@
 """The Sparsifiner authors' two-phase recipe as a Lightning task (Wei et al., CVPR 2023, arXiv 2303.13755).
 
-Phase ``attn_recon``: only the connectivity predictors train, reconstructing the attention of the
-(frozen, dense) backbone — which *is* the teacher, since the student starts from the teacher's weights.
-Phase ``cls_distill``: the backbone trains with sparse attention and the predictors frozen, against
-cross entropy plus logit (KL) and patch-token (MSE) distillation from a dense teacher.
-Everything else (optimizer, schedule, Mixup, EMA, metrics, checkpoints) is :class:`ClassificationTask`'s.
-The losses and the phase switch are :mod:`attnzoo.sparsifiner`'s; this file only wires them into training.
+The phases, the teacher and the loss are :mod:`attnzoo.sparsifiner_distillation`'s; everything else (optimizer,
+schedule, Mixup, EMA, metrics, checkpoints) is :class:`ClassificationTask`'s.
 """
 
 from __future__ import annotations
@@ -16,7 +12,7 @@ import timm
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from attnzoo.sparsifiner import PHASES, SparsifinerLoss, set_training_phase, teacher_forward
+from attnzoo.sparsifiner_distillation import SparsifinerLoss, set_training_phase, student_forward, teacher_forward
 
 from .classification import ClassificationTask
 
@@ -51,13 +47,9 @@ class SparsifinerDistillationTask(ClassificationTask):
         model: str = "sparsifiner_deit_small",
         **kwargs: Any,
     ):
-        if phase not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         super().__init__(model=model, **kwargs)
         self.save_hyperparameters()
-        if not hasattr(self.model, "forward_distill"):
-            raise ValueError(f"model {model!r} has no Sparsifiner blocks; use a sparsifiner_* model")
-        set_training_phase(self.model, phase)
+        set_training_phase(self.model, phase)  # checks the phase and that the model has Sparsifiner blocks
         self.loss = SparsifinerLoss(
             phase,
             cls_weight=cls_weight,
@@ -104,7 +96,7 @@ class SparsifinerDistillationTask(ClassificationTask):
             if x.shape[0] % 2:
                 raise ValueError(f"Mixup/CutMix need an even batch size, got {x.shape[0]} (use drop_last)")
             x, y = self.mixup_fn(x, y)
-        student = self.model.forward_distill(x)
+        student = student_forward(self.model, x)
         teacher = teacher_forward(self.teacher, x) if self.teacher is not None else None
         loss, parts = self.loss(student, teacher, y)
         batch_size = x.shape[0]

@@ -1,20 +1,15 @@
 """Deterministic synthetic data for the detection and segmentation demos and tests (no download, no wheel data).
 
-No wheel ships a real multi-image detection or segmentation set, so the demos draw their own: coloured
-circles, squares and triangles on a noisy background, at random places and sizes. The images are written
-as PNG (lossless, so the files are byte-identical for the same arguments) and their labels in the formats
-real data sets use, so the demos exercise the same loaders as COCO and ADE20K:
+No wheel ships a real detection or segmentation set, so the demos draw coloured circles, squares and triangles
+on a noisy background, written as PNG (byte-identical for the same arguments) with labels in the real data
+sets' formats, so the demos run the same loaders as COCO and ADE20K:
 
 * :func:`write_coco_shapes` — ``root/{train,val}/*.png`` + ``root/annotations/instances_{train,val}.json``
-  (COCO: ``bbox`` as ``[x, y, w, h]``, ``segmentation`` as polygons, ``area``, ``iscrowd``; category ids
-  1..3). Images vary in size, so collation of variable-size images is exercised too.
-* :func:`write_ade_shapes` — ``root/images/{training,validation}/*.png`` + ``root/annotations/...`` PNG label
-  maps in ADE20K's convention: 0 is "unlabelled" (here a thin outline around every shape, as ADE20K leaves
-  object borders unlabelled), 1 the background, 2..4 the shapes. With ``reduce_zero_label`` (as ADE20K is
-  trained) 0 becomes the ignore index 255 and the others 0..3: four classes.
-
-The polygon that fills a shape in the image is the one written to the COCO json, so the masks that
-pycocotools/torchvision decode agree with the pixels.
+  (polygons, category ids 1..3; images vary in size). The polygon that fills a shape is the one written, so
+  decoded masks agree with the pixels.
+* :func:`write_ade_shapes` — ``root/images/{training,validation}/*.png`` + PNG label maps under
+  ``root/annotations/``: 0 "unlabelled" (an outline around every shape, as ADE20K leaves borders), 1 the
+  background, 2..4 the shapes; four classes after ``reduce_zero_label``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,39 @@
 """The authors' constructor arguments and state dicts -> attnzoo models, for every family.
 
-Each family registers one :class:`OfficialFormat` naming its entrypoints, how the authors'
-constructor keywords become ours, and its ``checkpoint_filter_fn`` (the same function timm calls
-when it loads pretrained weights). :func:`from_official` and :func:`load_official_state_dict` are
-the public API on top; parity tests and users with non-standard authors' checkpoints use them.
+Each family registers one :class:`OfficialFormat`: its entrypoints, how the authors' constructor keywords
+become ours, and its ``checkpoint_filter_fn`` (which timm also calls when loading pretrained weights).
+:func:`from_official` and :func:`load_official_state_dict` are the public API; the converter steps several
+families share (:func:`rename_keys`, :func:`attn_into_mixer`, :func:`per_stage`) live here too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import timm
 import torch
 from timm.models import model_entrypoint, split_model_name_tag
 from torch import nn
+
+# The DeiT-style VisionTransformer class defaults (facebookresearch/deit, timm 0.4 ``vision_transformer.py``)
+# that both the Agent-DeiT and the Sparsifiner authors' model classes inherit; each adds its own keywords.
+DEIT_AUTHOR_DEFAULTS = dict(
+    img_size=224,
+    patch_size=16,
+    in_chans=3,
+    num_classes=1000,
+    embed_dim=768,
+    depth=12,
+    num_heads=12,
+    mlp_ratio=4.0,
+    qkv_bias=True,
+    representation_size=None,
+    drop_rate=0.0,
+    attn_drop_rate=0.0,
+    drop_path_rate=0.0,
+)
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,42 @@ def check_config_keys(family: str, config: Mapping, known: Iterable[str]) -> Non
     unknown = sorted(set(config) - set(known))
     if unknown:
         raise ValueError(f"{family}: unsupported authors' constructor argument(s) {unknown}; known: {sorted(known)}")
+
+
+# --- converter steps shared by the families ---------------------------------------------------------
+def rename_keys(state_dict: Mapping, rules: Sequence[tuple[str, str | Callable]]) -> dict:
+    """Each key through the first ``(pattern, replacement)`` rule whose regex matches it (``re.sub`` semantics)."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, replace in rules:
+            key, hits = re.subn(pattern, replace, key)
+            if hits:
+                break
+        out[key] = value
+    return out
+
+
+def attn_into_mixer(state_dict: Mapping, model: nn.Module) -> dict:
+    """``<block>.attn.<name>`` -> ``<block>.attn.mixer.<name>`` for the blocks :func:`attnzoo.graft` gave a mixer.
+
+    Blocks of ``model`` without a grafted mixer keep their keys; keys already under ``attn.mixer.`` stay.
+    """
+    grafted = {name.removesuffix(".mixer") for name, _ in model.named_modules() if name.endswith(".attn.mixer")}
+    out = {}
+    for key, value in state_dict.items():
+        head, sep, tail = key.partition(".attn.")
+        if sep and head + ".attn" in grafted and not tail.startswith("mixer."):
+            key = f"{head}.attn.mixer.{tail}"
+        out[key] = value
+    return out
+
+
+def per_stage(name: str, values, num: int) -> list:
+    """``values`` as one value per stage: an int is repeated ``num`` times, a sequence must have ``num`` items."""
+    values = [values] * num if isinstance(values, int) else list(values)
+    if len(values) != num:
+        raise ValueError(f"{name} must give one value per stage ({num}), got {values}")
+    return values
 
 
 def _check_depths(config: Mapping) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from timm.layers import _assert
 from timm.models import davit, focalnet, pvt_v2, swin_transformer, vision_transformer
 from timm.models._features_fx import register_notrace_module
 from torch import nn
@@ -29,15 +30,6 @@ SEQUENCE_MIXERS = ("agent", "sparsifiner")
 
 
 # --- adapters: the host's calling convention -> channels-last maps ---------------------------------
-def check_nonempty_batch(x: torch.Tensor) -> None:
-    """timm's Swin and PVTv2 layers reshape with ``-1``, which an empty batch makes ambiguous: say so instead."""
-    if not isinstance(x, torch.fx.Proxy) and x.shape[0] == 0:  # FX traces have no batch size to check
-        raise ValueError(
-            f"batch size must be >= 1 for this model (timm's layers cannot reshape an empty batch), "
-            f"got input of shape {tuple(x.shape)}"
-        )
-
-
 class WindowMixer(nn.Module):
     """Swin/DaViT window attention: ``(windows, ws*ws, C)`` -> mixer on ``(windows, ws, ws, C)``.
 
@@ -97,16 +89,15 @@ class PrefixedSequenceMixer(nn.Module):
         if patches == self.grid_size[0] * self.grid_size[1]:
             return self.grid_size
         side = int(patches**0.5)
-        if side * side != patches:
-            raise ValueError(
-                f"cannot recover the patch grid from {patches} patch tokens (built for {self.grid_size}); "
-                "use square inputs or the model's image size"
-            )
+        _assert(
+            side * side == patches,
+            f"cannot recover the patch grid from {patches} patch tokens (built for {self.grid_size}); "
+            "use square inputs or the model's image size",
+        )
         return side, side
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        if attn_mask is not None or is_causal:
-            raise ValueError("grafted mixers do not take attn_mask / is_causal (ViT's masked attention)")
+        _assert(attn_mask is None and not is_causal, "grafted mixers do not take attn_mask / is_causal")
         grid = self._grid(x.shape[1])
         if self.takes_sequence:
             return self.mixer(x, grid_size=grid, num_prefix_tokens=self.num_prefix_tokens)
@@ -126,8 +117,8 @@ class ChannelsFirstMixer(nn.Module):
 
 
 _ADAPTERS = (WindowMixer, SizedSequenceMixer, TokenSequenceMixer, PrefixedSequenceMixer, ChannelsFirstMixer)
-# timm's ViT passes ``attn_mask`` (None) down to the blocks; FX traces it as a Proxy, which the check above
-# would reject, so the adapter stays a leaf of traced graphs (its shape logic is Python control flow anyway).
+# The patch grid is recovered with Python arithmetic on the token count, and timm's ViT passes ``attn_mask``
+# (a Proxy under FX) down to the blocks: the adapter stays a leaf of traced graphs.
 register_notrace_module(PrefixedSequenceMixer)
 
 

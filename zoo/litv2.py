@@ -3,33 +3,16 @@
 Pan, Cai, Zhuang. "Fast Vision Transformers with HiLo Attention", NeurIPS 2022 (arXiv 2205.13213).
 Architecture facts and checkpoints: ziplab/LITv2 (Apache-2.0), ``classification/models/*.py``.
 
-LITv2 differs from a plain hierarchical transformer in three places, each a small class here:
-
-* stages 1-2 have no attention at all (:class:`ConvFFNBlock`): early high-resolution maps are mostly
-  local texture, which the depthwise conv inside the MLP already mixes, and global attention there is
-  the most expensive part of a ViT;
-* stages 3-4 use :class:`~attnzoo.blocks.hilo.HiLo` (stage 3 with 2x2 windows, stage 4 with window 1,
-  i.e. plain global attention) in :class:`HiLoBlock`;
-* every MLP is Linear -> depthwise 3x3 conv -> GELU -> Linear (:class:`DWMlp`), and the stages are
-  joined by deformable token merging (:class:`DeformableTokenMerging`, a deformable 2x2/2 conv computed
-  by ``torchvision.ops.deform_conv2d`` + BatchNorm + GELU), which learns where to sample instead of
-  merging fixed 2x2 patches.
-
-The layout follows timm's hierarchical models (downsample at the start of stages 1-3) instead of the
-authors' (at the end of layers 0-2); :func:`checkpoint_filter_fn` renames the keys, nothing else
-changes. The authors' classification code requires square inputs of the training size; this port
-accepts any size >= 32 px by zero-padding bottom/right where a map must be divisible (the stem to a
-multiple of 4, each merge to an even size, HiLo to a multiple of its window), as the authors'
-detection backbone does. On 224 x 224 (and 384 x 384) inputs nothing is padded and the computation is
-the authors'.
-
-LITv2 has no position tables (no relative position bias, ``ape`` is stored but unused by the authors'
-class), so nothing is excluded from weight decay beyond timm's usual 1-D parameters.
+Stages 1-2 have no attention (:class:`ConvFFNBlock`: early high-resolution maps are local texture, which
+the MLP's depthwise conv already mixes); stages 3-4 use :class:`~attnzoo.blocks.hilo.HiLo`. Stages are joined
+by deformable token merging. The layout is timm's (downsample at the start of stages 1-3, the authors' at the
+end of layers 0-2; :func:`checkpoint_filter_fn` renames the keys). Any input >= 32 px is accepted by
+zero-padding bottom/right where a map must be divisible, as the authors' detection backbone does; at 224 and
+384 nothing is padded and the computation is the authors'.
 """
 
 from __future__ import annotations
 
-import re
 from contextlib import nullcontext
 
 import torch
@@ -44,17 +27,20 @@ from torchvision.ops import DeformConv2d, deform_conv2d
 from attnzoo.blocks.hilo import HiLo
 
 from ._hierarchical import HierarchicalNet, Stage, build_hierarchical, init_transformer_weights
-from ._official import OfficialFormat, check_config_keys, register_official, unwrap_state_dict
+from ._official import (
+    OfficialFormat,
+    check_config_keys,
+    per_stage,
+    register_official,
+    rename_keys,
+    unwrap_state_dict,
+)
 
 __all__ = ["LITv2"]
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping 4x4 conv then LayerNorm: image -> ``(B, ceil(H/4), ceil(W/4), C)``.
-
-    Images whose sides are not multiples of the patch are zero-padded bottom/right first (the authors'
-    detection ``PatchEmbed``), so no pixel is dropped.
-    """
+    """Non-overlapping 4x4 conv then LayerNorm: image (zero-padded bottom/right) -> ``(B, ceil(H/4), ceil(W/4), C)``."""
 
     def __init__(self, in_chans: int, embed_dim: int, patch_size: int = 4, norm: bool = True):
         super().__init__()
@@ -71,16 +57,10 @@ class PatchEmbed(nn.Module):
 class DeformableTokenMerging(nn.Module):
     """DTM: deformable 2x2 stride-2 conv (C -> out_dim) + BatchNorm + GELU, on channels-last maps.
 
-    A plain 2x2 merge always fuses the same four tokens; here ``conv_offset`` predicts one (dy, dx)
-    shift per kernel tap and output position (channel ``2 * (i * 2 + j) + {0: dy, 1: dx}``, torchvision's
-    layout and the authors' DCNv1 kernel's), so each merged token samples its four inputs bilinearly where
-    they are most informative. Samples outside the map read zero. ``conv_offset`` starts at zero, i.e. as
-    an ordinary strided conv. Odd maps are zero-padded bottom/right by one (the output has ``ceil(H/2)``
-    rows): zero padding reads exactly what out-of-map samples read anyway.
-
-    The authors train ``conv_offset`` with a smaller learning rate (``OFFSET_LR_MULTI: 0.01`` in their
-    configs, applied to ``conv_offset.weight``; its bias sits in their no-decay group at the base rate).
-    The factor is recorded as ``conv_offset.lr_scale``; no optimizer here reads it.
+    ``conv_offset`` predicts one (dy, dx) per kernel tap and output position (channel ``2 * (i * 2 + j) + {0: dy,
+    1: dx}``, torchvision's layout and the authors' DCNv1 kernel's); it starts at zero, i.e. a strided conv. Odd
+    maps are zero-padded bottom/right by one. The authors train ``conv_offset.weight`` at 0.01x the learning
+    rate (``OFFSET_LR_MULTI``); the factor is recorded as ``conv_offset.lr_scale`` (no optimizer here reads it).
     """
 
     def __init__(self, dim: int, out_dim: int, offset_lr_scale: float = 0.01):
@@ -102,10 +82,9 @@ class DeformableTokenMerging(nn.Module):
     def _deform(self, x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         """torchvision's deform conv, made safe: NaN/inf offsets give NaN outputs, never a crash.
 
-        torchvision's CPU kernel turns a non-finite or huge offset into an out-of-bounds read (SIGSEGV), and
-        it has no half-precision CPU kernel (so autocast fails there). Offsets are clamped to the map's
-        size plus two, beyond which every tap reads zero anyway (exact), non-finite ones are zeroed and their
-        outputs set to NaN afterwards, and half inputs are computed in float32.
+        torchvision's CPU kernel reads out of bounds (SIGSEGV) on non-finite or huge offsets and has no half CPU
+        kernel. Offsets are clamped to the map size plus two (beyond, every tap reads zero: exact), non-finite
+        ones zeroed and their outputs set to NaN afterwards; half inputs run in float32.
         """
         limit = float(x.shape[-2] + x.shape[-1] + 2)
         finite = torch.isfinite(offset).all(dim=1, keepdim=True)
@@ -137,11 +116,7 @@ register_notrace_module(HiLo)
 
 
 class DWMlp(nn.Module):
-    """Linear -> depthwise 3x3 conv -> GELU -> Linear on ``(B, H, W, C)`` maps (the authors' ``DWMlp``).
-
-    The depthwise conv gives the attention-free early stages their only spatial mixing (and the later
-    stages a positional cue in place of position embeddings). It runs on an NCHW view of the hidden map.
-    """
+    """Linear -> depthwise 3x3 conv -> GELU -> Linear on ``(B, H, W, C)`` maps (the authors' ``DWMlp``)."""
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0):
         super().__init__()
@@ -176,11 +151,7 @@ class ConvFFNBlock(nn.Module):
 
 
 class HiLoBlock(nn.Module):
-    """Pre-norm block of HiLo attention then :class:`DWMlp` (stages 3-4).
-
-    Not :class:`~attnzoo.blocks.MixerBlock`, whose MLP is timm's plain ``Mlp``; the names (``norm1``,
-    ``mixer``, ``norm2``, ``mlp``, ``drop_path1/2``) are the same.
-    """
+    """Pre-norm block of HiLo attention then :class:`DWMlp` (stages 3-4); MixerBlock's names, not its MLP."""
 
     def __init__(
         self,
@@ -217,15 +188,8 @@ class HiLoBlock(nn.Module):
         return x + self.drop_path2(self.mlp(self.norm2(x)))
 
 
-def _per_stage(name: str, values, depths) -> list:
-    values = list(values)
-    if len(values) != len(depths):
-        raise ValueError(f"{name} must give one value per stage (depths {list(depths)}), got {values}")
-    return values
-
-
 def _check_has_msa(has_msa, depths) -> list[bool]:
-    flags = _per_stage("has_msa", has_msa, depths)
+    flags = per_stage("has_msa", has_msa, len(depths))
     if any(flag not in (0, 1) for flag in flags):
         raise ValueError(f"has_msa must hold 0 (ConvFFN blocks) or 1 (HiLo blocks) per stage, got {flags}")
     return [flag == 1 for flag in flags]
@@ -234,11 +198,10 @@ def _check_has_msa(has_msa, depths) -> list[bool]:
 class LITv2(HierarchicalNet):
     """LITv2 classifier: ConvFFN stages, then HiLo stages, joined by deformable token merging.
 
-    Args mirror the authors' ``LITv2`` class: ``has_msa`` picks HiLo (1) or ConvFFN-only (0) blocks per
-    stage, ``local_ws`` the HiLo window per stage (1: global attention; ignored where ``has_msa`` is 0),
-    ``alpha`` the fraction of Lo-Fi heads. ``drop_rate`` is the MLP dropout (the authors apply no dropout
-    before the classifier, so neither does this class). ``offset_lr_scale`` is recorded on every DTM's
-    ``conv_offset`` for optimizers that honour it.
+    Args mirror the authors' ``LITv2`` class: ``has_msa`` picks HiLo (1) or ConvFFN-only (0) blocks per stage,
+    ``local_ws`` the HiLo window per stage (1: global), ``alpha`` the fraction of Lo-Fi heads. ``drop_rate`` is
+    the MLP dropout (the authors have none before the classifier). LITv2 has no position tables, so nothing
+    beyond timm's 1-D parameters is excluded from weight decay.
     """
 
     def __init__(
@@ -261,8 +224,8 @@ class LITv2(HierarchicalNet):
         patch_norm: bool = True,
         offset_lr_scale: float = 0.01,
     ):
-        num_heads = _per_stage("num_heads", num_heads, depths)
-        local_ws = _per_stage("local_ws", local_ws, depths)
+        num_heads = per_stage("num_heads", num_heads, len(depths))
+        local_ws = per_stage("local_ws", local_ws, len(depths))
         has_msa = _check_has_msa(has_msa, depths)
         dims = [embed_dim * 2**i for i in range(len(depths))]
         drop_path = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
@@ -310,17 +273,9 @@ _RENAMES = [  # (authors' key pattern, our key); first match wins
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """The authors' LITv2 state dict (``layers.*``, ``attn``, ``dconv``, ``norm_layer``) -> ours (``stages.*``).
 
-    The DTM of the authors' layer ``i`` becomes our ``stages.{i+1}.downsample``; BatchNorm running
-    statistics are kept (the merge normalises with them in eval mode).
+    The DTM of the authors' layer ``i`` becomes ``stages.{i+1}.downsample``; BatchNorm statistics are kept.
     """
-    out = {}
-    for key, value in unwrap_state_dict(state_dict).items():
-        for pattern, replace in _RENAMES:
-            key, hits = re.subn(pattern, replace, key)
-            if hits:
-                break
-        out[key] = value
-    return out
+    return rename_keys(unwrap_state_dict(state_dict), _RENAMES)
 
 
 # The authors' constructor arguments (classification/models/litv2.py::LITv2) and their class defaults.
@@ -353,10 +308,9 @@ _AUTHOR_IGNORED = ("img_size", "ape", "use_checkpoint", "norm_layer", "patch_siz
 def config_to_kwargs(config: dict) -> dict:
     """The authors' ``LITv2(...)`` keywords -> ours (their defaults fill gaps).
 
-    ``img_size`` only fixes the authors' input assertion (this port takes any size), ``ape`` builds
-    nothing in their class, ``use_checkpoint`` saves memory only. ``local_ws`` defaults to ``None`` in
-    their class, which cannot build, so it is required. Their class silently swallows unknown keywords;
-    this function refuses them instead.
+    ``img_size`` only fixes their input assertion, ``ape`` builds nothing in their class, ``use_checkpoint``
+    saves memory only. Their ``local_ws=None`` default cannot build, so it is required. Their class swallows
+    unknown keywords; this refuses them.
     """
     check_config_keys("LITv2", config, _AUTHOR_DEFAULTS)
     kwargs = {**_AUTHOR_DEFAULTS, **config}
@@ -373,13 +327,6 @@ def config_to_kwargs(config: dict) -> dict:
 
 # --- variants -----------------------------------------------------------------------------------
 _URL = "https://github.com/ziplab/LITv2/releases/download/v1.0/"
-_ARCHS = {
-    # name: (embed_dim, depths, heads, drop_path); all: alpha 0.9, local_ws (0, 0, 2, 1), has_msa (0, 0, 1, 1)
-    "litv2_small": (96, (2, 2, 6, 2), (3, 6, 12, 24), 0.2),
-    "litv2_medium": (96, (2, 2, 18, 2), (3, 6, 12, 24), 0.3),
-    "litv2_base": (128, (2, 2, 18, 2), (4, 8, 16, 32), 0.5),
-    "litv2_base_384": (128, (2, 2, 18, 2), (4, 8, 16, 32), 0.5),
-}
 
 
 def _cfg(url: str, **kwargs) -> dict:
@@ -417,47 +364,74 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> LITv2:
-    embed_dim, depths, heads, drop_path = _ARCHS[variant]
+    return build_hierarchical(LITv2, variant, pretrained, checkpoint_filter_fn, **kwargs)
+
+
+# Released architectures: the authors' classification/models/litv2.py with their classification configs
+@register_model
+def litv2_small(pretrained: bool = False, **kwargs) -> LITv2:
+    """LITv2-S: 28M params, 3.7 GMACs, 82.0% ImageNet-1k top-1."""
     model_args = dict(
-        embed_dim=embed_dim,
-        depths=depths,
-        num_heads=heads,
-        drop_path_rate=drop_path,
+        embed_dim=96,
+        depths=(2, 2, 6, 2),
+        num_heads=(3, 6, 12, 24),
+        drop_path_rate=0.2,
         alpha=0.9,
         local_ws=(0, 0, 2, 1),
         has_msa=(0, 0, 1, 1),
     )
-    return build_hierarchical(LITv2, variant, pretrained, checkpoint_filter_fn, **dict(model_args, **kwargs))
-
-
-@register_model
-def litv2_small(pretrained: bool = False, **kwargs) -> LITv2:
-    """LITv2-S: 28M params, 3.7 GMACs, 82.0% ImageNet-1k top-1."""
-    return _create("litv2_small", pretrained, **kwargs)
+    return _create("litv2_small", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_medium(pretrained: bool = False, **kwargs) -> LITv2:
     """LITv2-M: 49M params, 7.5 GMACs, 83.3% ImageNet-1k top-1."""
-    return _create("litv2_medium", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=96,
+        depths=(2, 2, 18, 2),
+        num_heads=(3, 6, 12, 24),
+        drop_path_rate=0.3,
+        alpha=0.9,
+        local_ws=(0, 0, 2, 1),
+        has_msa=(0, 0, 1, 1),
+    )
+    return _create("litv2_medium", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_base(pretrained: bool = False, **kwargs) -> LITv2:
     """LITv2-B: 87M params, 13.2 GMACs, 83.6% ImageNet-1k top-1."""
-    return _create("litv2_base", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=128,
+        depths=(2, 2, 18, 2),
+        num_heads=(4, 8, 16, 32),
+        drop_path_rate=0.5,
+        alpha=0.9,
+        local_ws=(0, 0, 2, 1),
+        has_msa=(0, 0, 1, 1),
+    )
+    return _create("litv2_base", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def litv2_base_384(pretrained: bool = False, **kwargs) -> LITv2:
     """LITv2-B fine-tuned at 384 (30 epochs): 87M params, 39.7 GMACs, 84.7% ImageNet-1k top-1."""
-    return _create("litv2_base_384", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=128,
+        depths=(2, 2, 18, 2),
+        num_heads=(4, 8, 16, 32),
+        drop_path_rate=0.5,
+        alpha=0.9,
+        local_ws=(0, 0, 2, 1),
+        has_msa=(0, 0, 1, 1),
+    )
+    return _create("litv2_base_384", pretrained, **dict(model_args, **kwargs))
 
 
 OFFICIAL = register_official(
     OfficialFormat(
         family="LITv2",
-        entrypoints=tuple(_ARCHS),
+        entrypoints=tuple(default_cfgs),
         config_to_kwargs=config_to_kwargs,
         checkpoint_filter_fn=checkpoint_filter_fn,
     )

@@ -11,8 +11,6 @@ levels 0-2); :func:`checkpoint_filter_fn` renames the keys, nothing else changes
 
 from __future__ import annotations
 
-import re
-
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs, register_model
@@ -23,7 +21,7 @@ from attnzoo.blocks import MixerBlock
 from attnzoo.blocks.neighborhood import NeighborhoodAttention2D
 
 from ._hierarchical import ConvDownsample, HierarchicalNet, Stage, build_hierarchical, init_transformer_weights
-from ._official import OfficialFormat, check_config_keys, register_official, unwrap_state_dict
+from ._official import OfficialFormat, check_config_keys, register_official, rename_keys, unwrap_state_dict
 
 __all__ = ["NAT"]
 
@@ -130,14 +128,7 @@ _RENAMES = [  # (authors' key pattern, our key); first match wins
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """The authors' NAT/DiNAT state dict (``levels.*``, ``attn``, ``gamma1/2``) -> ours (``stages.*``)."""
-    out = {}
-    for key, value in unwrap_state_dict(state_dict).items():
-        for pattern, replace in _RENAMES:
-            key, hits = re.subn(pattern, replace, key)
-            if hits:
-                break
-        out[key] = value
-    return out
+    return rename_keys(unwrap_state_dict(state_dict), _RENAMES)
 
 
 # The authors' constructor arguments (classification/nat.py, dinat.py) and their class defaults.
@@ -171,26 +162,11 @@ def config_to_kwargs(config: dict) -> dict:
 # --- variants -----------------------------------------------------------------------------------
 _NAT_URL = "https://shi-labs.com/projects/nat/checkpoints/CLS/"
 _DINAT_URL = "https://shi-labs.com/projects/dinat/checkpoints/"
-_ARCHS = {
-    # name: (embed_dim, depths, heads, mlp_ratio, drop_path, layer_scale, dilations, kernel)
-    "nat_mini": (64, (3, 4, 6, 5), (2, 4, 8, 16), 3, 0.2, None, None, 7),
-    "nat_tiny": (64, (3, 4, 18, 5), (2, 4, 8, 16), 3, 0.2, None, None, 7),
-    "nat_small": (96, (3, 4, 18, 5), (3, 6, 12, 24), 2, 0.3, 1e-5, None, 7),
-    "nat_base": (128, (3, 4, 18, 5), (4, 8, 16, 32), 2, 0.5, 1e-5, None, 7),
-}
-_DILATIONS_224 = {6: [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 3, [1] * 5], 18: [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5]}
+# DiNAT's dilations per block (dinat.py entrypoints): 224 px, mini (depths 3/4/6/5) and the others (3/4/18/5),
+# and the 384 fine-tunes of DiNAT-L with 7x7 neighborhoods
+_DILATIONS_MINI = [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 3, [1] * 5]
+_DILATIONS = [[1, 8, 1], [1, 4, 1, 4], [1, 2] * 9, [1] * 5]
 _DILATIONS_384 = [[1, 13, 1], [1, 6, 1, 6], [1, 3] * 9, [1] * 5]
-_ARCHS.update(
-    {
-        "dinat_mini": (64, (3, 4, 6, 5), (2, 4, 8, 16), 3, 0.2, None, _DILATIONS_224[6], 7),
-        "dinat_tiny": (64, (3, 4, 18, 5), (2, 4, 8, 16), 3, 0.2, None, _DILATIONS_224[18], 7),
-        "dinat_small": (96, (3, 4, 18, 5), (3, 6, 12, 24), 2, 0.3, None, _DILATIONS_224[18], 7),
-        "dinat_base": (128, (3, 4, 18, 5), (4, 8, 16, 32), 2, 0.5, 1e-5, _DILATIONS_224[18], 7),
-        "dinat_large": (192, (3, 4, 18, 5), (6, 12, 24, 48), 2, 0.35, None, _DILATIONS_224[18], 7),
-        "dinat_large_384": (192, (3, 4, 18, 5), (6, 12, 24, 48), 2, 0.35, None, _DILATIONS_384, 7),
-        "dinat_large_384_11x11": (192, (3, 4, 18, 5), (6, 12, 24, 48), 2, 0.35, None, _DILATIONS_224[18], 11),
-    }
-)
 
 
 def _cfg(url: str, **kwargs) -> dict:
@@ -239,90 +215,146 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> NAT:
-    embed_dim, depths, heads, mlp_ratio, drop_path, layer_scale, dilations, kernel = _ARCHS[variant]
-    model_args = dict(
-        embed_dim=embed_dim,
-        depths=depths,
-        num_heads=heads,
-        mlp_ratio=mlp_ratio,
-        drop_path_rate=drop_path,
-        layer_scale=layer_scale,
-        dilations=dilations,
-        kernel_size=kernel,
-    )
-    return build_hierarchical(NAT, variant, pretrained, checkpoint_filter_fn, **dict(model_args, **kwargs))
+    return build_hierarchical(NAT, variant, pretrained, checkpoint_filter_fn, **kwargs)
 
 
+# Released architectures: the authors' entrypoints (classification/nat.py, dinat.py)
 @register_model
 def nat_mini(pretrained: bool = False, **kwargs) -> NAT:
     """NAT-Mini: 20M params, 2.7 GMACs, 81.8% ImageNet-1k top-1."""
-    return _create("nat_mini", pretrained, **kwargs)
+    model_args = dict(embed_dim=64, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), mlp_ratio=3, drop_path_rate=0.2)
+    return _create("nat_mini", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def nat_tiny(pretrained: bool = False, **kwargs) -> NAT:
     """NAT-Tiny: 28M params, 4.3 GMACs, 83.2% ImageNet-1k top-1."""
-    return _create("nat_tiny", pretrained, **kwargs)
+    model_args = dict(embed_dim=64, depths=(3, 4, 18, 5), num_heads=(2, 4, 8, 16), mlp_ratio=3, drop_path_rate=0.2)
+    return _create("nat_tiny", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def nat_small(pretrained: bool = False, **kwargs) -> NAT:
     """NAT-Small: 51M params, 7.8 GMACs, 83.7% ImageNet-1k top-1."""
-    return _create("nat_small", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=96, depths=(3, 4, 18, 5), num_heads=(3, 6, 12, 24), mlp_ratio=2, drop_path_rate=0.3, layer_scale=1e-5
+    )
+    return _create("nat_small", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def nat_base(pretrained: bool = False, **kwargs) -> NAT:
     """NAT-Base: 90M params, 13.7 GMACs, 84.3% ImageNet-1k top-1."""
-    return _create("nat_base", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=128, depths=(3, 4, 18, 5), num_heads=(4, 8, 16, 32), mlp_ratio=2, drop_path_rate=0.5, layer_scale=1e-5
+    )
+    return _create("nat_base", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dinat_mini(pretrained: bool = False, **kwargs) -> NAT:
     """DiNAT-Mini: 20M params, 2.7 GMACs, 81.8% ImageNet-1k top-1."""
-    return _create("dinat_mini", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=64,
+        depths=(3, 4, 6, 5),
+        num_heads=(2, 4, 8, 16),
+        mlp_ratio=3,
+        drop_path_rate=0.2,
+        dilations=_DILATIONS_MINI,
+    )
+    return _create("dinat_mini", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dinat_tiny(pretrained: bool = False, **kwargs) -> NAT:
     """DiNAT-Tiny: 28M params, 4.3 GMACs, 82.7% ImageNet-1k top-1."""
-    return _create("dinat_tiny", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=64,
+        depths=(3, 4, 18, 5),
+        num_heads=(2, 4, 8, 16),
+        mlp_ratio=3,
+        drop_path_rate=0.2,
+        dilations=_DILATIONS,
+    )
+    return _create("dinat_tiny", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dinat_small(pretrained: bool = False, **kwargs) -> NAT:
     """DiNAT-Small: 51M params, 7.8 GMACs, 83.8% ImageNet-1k top-1 (no layer scale, unlike NAT-S)."""
-    return _create("dinat_small", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=96,
+        depths=(3, 4, 18, 5),
+        num_heads=(3, 6, 12, 24),
+        mlp_ratio=2,
+        drop_path_rate=0.3,
+        dilations=_DILATIONS,
+    )
+    return _create("dinat_small", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dinat_base(pretrained: bool = False, **kwargs) -> NAT:
     """DiNAT-Base: 90M params, 13.7 GMACs, 84.4% ImageNet-1k top-1."""
-    return _create("dinat_base", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=128,
+        depths=(3, 4, 18, 5),
+        num_heads=(4, 8, 16, 32),
+        mlp_ratio=2,
+        drop_path_rate=0.5,
+        layer_scale=1e-5,
+        dilations=_DILATIONS,
+    )
+    return _create("dinat_base", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dinat_large(pretrained: bool = False, **kwargs) -> NAT:
     """DiNAT-Large (ImageNet-22k, fine-tuned on 1k at 224): 200M params, 30.6 GMACs, 86.6% top-1."""
-    return _create("dinat_large", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=192,
+        depths=(3, 4, 18, 5),
+        num_heads=(6, 12, 24, 48),
+        mlp_ratio=2,
+        drop_path_rate=0.35,
+        dilations=_DILATIONS,
+    )
+    return _create("dinat_large", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dinat_large_384(pretrained: bool = False, **kwargs) -> NAT:
     """DiNAT-Large at 384 (dilations for 96/48/24 maps): 200M params, 89.7 GMACs, 87.4% top-1."""
-    return _create("dinat_large_384", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=192,
+        depths=(3, 4, 18, 5),
+        num_heads=(6, 12, 24, 48),
+        mlp_ratio=2,
+        drop_path_rate=0.35,
+        dilations=_DILATIONS_384,
+    )
+    return _create("dinat_large_384", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def dinat_large_384_11x11(pretrained: bool = False, **kwargs) -> NAT:
     """DiNAT-Large at 384 with 11x11 neighborhoods: 200M params, 92.4 GMACs, 87.5% top-1."""
-    return _create("dinat_large_384_11x11", pretrained, **kwargs)
+    model_args = dict(
+        embed_dim=192,
+        depths=(3, 4, 18, 5),
+        num_heads=(6, 12, 24, 48),
+        mlp_ratio=2,
+        drop_path_rate=0.35,
+        dilations=_DILATIONS,
+        kernel_size=11,
+    )
+    return _create("dinat_large_384_11x11", pretrained, **dict(model_args, **kwargs))
 
 
 OFFICIAL = register_official(
     OfficialFormat(
         family="NAT/DiNAT",
-        entrypoints=tuple(_ARCHS),
+        entrypoints=tuple(default_cfgs),
         config_to_kwargs=config_to_kwargs,
         checkpoint_filter_fn=checkpoint_filter_fn,
     )

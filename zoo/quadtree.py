@@ -1,26 +1,17 @@
 """QuadTree-PVT: timm's PVTv2 with QuadTree attention grafted into every block, registered in timm.
 
 Tang, Zhang, Zhu, Tan. "QuadTree Attention for Vision Transformers", ICLR 2022 (arXiv 2201.02767).
-Architecture facts and checkpoints: Tangshitao/QuadTreeAttention, ``classification/quadtree.py``
-(a copy of PVTv2's classifier whose blocks use ``classification/quadtree_attention.py``). The repository
-has no LICENSE file; its README's "License" section states MIT ("Copyright (c) 2022 Shitao Tang"), which
-is what the pretrained configs record.
+Architecture facts and checkpoints: Tangshitao/QuadTreeAttention, ``classification/quadtree.py`` and
+``classification/quadtree_attention.py``. No LICENSE file; the README's "License" section states MIT.
 
-The authors' model *is* PVTv2 (overlapping patch embeds, pre-norm blocks with a depthwise-conv MLP,
-end-of-stage LayerNorms, mean-pooled head) with PVT's spatial-reduction attention replaced. So instead of
-a copy, :class:`QuadTreePVT` subclasses timm's ``PyramidVisionTransformerV2`` and grafts
-:class:`attnzoo.blocks.QuadTreeAttention` into each stage (:func:`attnzoo.graft`); stems, MLPs, norms,
-head, ``features_only``, grad checkpointing and pretrained loading stay timm's. The authors' checkpoints
-load through timm's own PVTv2 converter plus one rename (``attn.`` -> ``attn.mixer.``).
-
-The authors reuse PVT's ``sr_ratios`` argument as the *number of pyramid levels* per stage ([4, 3, 2, 1]):
-a stage's map must be divisible by ``2 ** (levels - 1)`` (56/28/14/7 at 224 px: every released model
-needs inputs whose side is a multiple of 32). Here that argument is called ``levels``.
+The authors' model is PVTv2 with the attention replaced, so :class:`QuadTreePVT` subclasses timm's
+``PyramidVisionTransformerV2`` and grafts :class:`attnzoo.blocks.QuadTreeAttention` into each stage; the rest
+stays timm's, and checkpoints load through timm's PVTv2 converter plus ``attn.`` -> ``attn.mixer.``. The
+authors reuse PVT's ``sr_ratios`` as the number of pyramid levels per stage (here ``levels``): a stage's map
+must be divisible by ``2 ** (levels - 1)``, so released models need sides that are multiples of 32.
 """
 
 from __future__ import annotations
-
-import re
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -29,9 +20,17 @@ from timm.models._features_fx import register_notrace_module
 from torch import nn
 
 from attnzoo.blocks.quadtree import ATTN_TYPES, QuadTreeAttention
+from attnzoo.kernels._checks import check_nonempty_batch
 
-from ._official import OfficialFormat, check_config_keys, register_official, unwrap_state_dict
-from .graft import check_nonempty_batch, graft
+from ._official import (
+    OfficialFormat,
+    attn_into_mixer,
+    check_config_keys,
+    per_stage,
+    register_official,
+    unwrap_state_dict,
+)
+from .graft import graft
 from .weights import build_model_with_cfg
 
 __all__ = ["QuadTreePVT"]
@@ -62,10 +61,7 @@ class QuadTreePVT(pvt_v2.PyramidVisionTransformerV2):
             raise ValueError(f"attn_type must be one of {ATTN_TYPES}, got {attn_type!r}")
         # sr_ratio 1: the host builds plain (cheap) attention modules, which the graft below replaces
         super().__init__(sr_ratios=1, **kwargs)
-        levels = tuple(int(v) for v in ((levels,) * len(self.depths) if isinstance(levels, int) else levels))
-        if len(levels) != len(self.depths):
-            raise ValueError(f"levels {list(levels)} must give one value per stage (depths {list(self.depths)})")
-        self.levels = levels
+        self.levels = levels = tuple(int(v) for v in per_stage("levels", levels, len(self.depths)))
         for stage, stage_levels in enumerate(levels):
             graft(
                 self,
@@ -91,22 +87,17 @@ class QuadTreePVT(pvt_v2.PyramidVisionTransformerV2):
 
 
 # --- the authors' checkpoints -------------------------------------------------------------------
-_BLOCK_ATTN = re.compile(r"^(stages\.\d+\.blocks\.\d+\.attn\.)(?!mixer\.)")
-
-
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict:
     """The authors' state dict (``patch_embed{s}``, ``block{s}.{j}``, ``norm{s}``) -> ours.
 
-    timm's PVTv2 converter renames the shared layout (``stages.{s-1}.blocks.{j}``, ``stages.{s}.downsample``,
-    ``mlp.dwconv``); the attention's parameters then move into the graft adapter (``attn.mixer.*``) under
-    the authors' own names (``q_proj``, ``py_att.get_vs.{l}``, ``value_branchs.{l}.{i}``...). A state dict
+    timm's PVTv2 converter renames the shared layout; the attention's parameters then move into the graft
+    adapter (``attn.mixer.*``) under the authors' own names (``q_proj``, ``py_att.get_vs.{l}``...). A state dict
     of ours passes through unchanged.
     """
     state_dict = unwrap_state_dict(state_dict)
     if "patch_embed.proj.weight" in state_dict:  # already ours
         return state_dict
-    converted = pvt_v2.checkpoint_filter_fn(state_dict, model)
-    return {_BLOCK_ATTN.sub(r"\1mixer.", key): value for key, value in converted.items()}
+    return attn_into_mixer(pvt_v2.checkpoint_filter_fn(state_dict, model), model)
 
 
 # The authors' PyramidVisionTransformerV2(...) arguments and their class defaults (classification/quadtree.py).
@@ -134,11 +125,10 @@ _AUTHOR_DEFAULTS = dict(
 def config_to_kwargs(config: dict) -> dict:
     """The authors' ``PyramidVisionTransformerV2(...)`` keywords -> :class:`QuadTreePVT`'s.
 
-    ``norm_layer`` is not accepted: every factory of theirs passes ``LayerNorm(eps=1e-6)``, timm's PVTv2
-    default. ``img_size`` and ``patch_size`` only set unused attributes in their code, and ``qk_scale`` is
-    stored but never used by their attention (the core always scales by ``head_dim ** -0.5``), so all three
-    are accepted and have no effect here either. ``drop_rate`` is their dropout inside blocks, timm's
-    ``proj_drop_rate`` (timm's ``drop_rate`` is a head dropout their model does not have).
+    ``norm_layer`` is not accepted: all their factories pass timm's PVTv2 default, ``LayerNorm(eps=1e-6)``.
+    ``img_size``, ``patch_size`` and ``qk_scale`` are unused in their code (their attention always scales by
+    ``head_dim ** -0.5``) and accepted without effect.
+    Their ``drop_rate`` (inside blocks) is timm's ``proj_drop_rate``.
     """
     check_config_keys("QuadTree", config, _AUTHOR_DEFAULTS)
     cfg = {**_AUTHOR_DEFAULTS, **config}
@@ -169,17 +159,6 @@ _B1_NOTE = (
     "model); its Google Drive link is https://drive.google.com/file/d/1NB1Yu0R7QQPmo2pgQGxDbcElRx2Nc5xj. The url "
     "here is the ImageNet b1 the authors' own detection/segmentation configs load.",
 )
-_ARCHS = {
-    # name: (embed_dims, depths, attn_type)
-    "quadtree_b0": ((32, 64, 160, 256), (2, 2, 2, 2), "B"),
-    "quadtree_b1": ((64, 128, 320, 512), (2, 2, 2, 2), "B"),
-    "quadtree_b2": ((64, 128, 320, 512), (3, 4, 6, 3), "B"),
-    "quadtree_b3": ((64, 128, 320, 512), (3, 4, 18, 3), "B"),
-    "quadtree_b4": ((64, 128, 320, 512), (3, 8, 27, 3), "B"),
-    "quadtree_a_b0": ((32, 64, 160, 256), (2, 2, 2, 2), "A"),
-}
-# drop_path of the authors' classification configs (classification/configs/quadtree/b*.py)
-_DROP_PATH = {"quadtree_b3": 0.3, "quadtree_b4": 0.3}
 
 
 def _cfg(url: str = "", **kwargs) -> dict:
@@ -217,17 +196,6 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> QuadTreePVT:
-    embed_dims, depths, attn_type = _ARCHS[variant]
-    model_args = dict(
-        embed_dims=embed_dims,
-        depths=depths,
-        num_heads=(1, 2, 5, 8),
-        mlp_ratios=(8, 8, 4, 4),
-        qkv_bias=True,
-        levels=(4, 3, 2, 1),
-        attn_type=attn_type,
-        drop_path_rate=_DROP_PATH.get(variant, 0.1),
-    )
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(
         QuadTreePVT,
@@ -235,50 +203,112 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> QuadTreePVT:
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
-        **dict(model_args, **kwargs),
+        **kwargs,
     )
 
 
+# Released architectures: the authors' factories (classification/quadtree.py, their sr_ratios as levels) and the
+# drop_path of their classification configs (classification/configs/quadtree/b*.py)
 @register_model
 def quadtree_b0(pretrained: bool = False, **kwargs) -> QuadTreePVT:
-    """QuadTree-B-b0: 3.6M params, 0.6 GFLOPs (README), 72.0% ImageNet-1k top-1."""
-    return _create("quadtree_b0", pretrained, **kwargs)
+    """QuadTree-B-b0: 3.6M params, 0.6 GMACs (README), 72.0% ImageNet-1k top-1."""
+    model_args = dict(
+        embed_dims=(32, 64, 160, 256),
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 5, 8),
+        mlp_ratios=(8, 8, 4, 4),
+        qkv_bias=True,
+        levels=(4, 3, 2, 1),
+        attn_type="B",
+        drop_path_rate=0.1,
+    )
+    return _create("quadtree_b0", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def quadtree_b1(pretrained: bool = False, **kwargs) -> QuadTreePVT:
-    """QuadTree-B-b1: 13.7M params, 2.3 GFLOPs (README), 80.0% ImageNet-1k top-1."""
-    return _create("quadtree_b1", pretrained, **kwargs)
+    """QuadTree-B-b1: 13.7M params, 2.3 GMACs (README), 80.0% ImageNet-1k top-1."""
+    model_args = dict(
+        embed_dims=(64, 128, 320, 512),
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 5, 8),
+        mlp_ratios=(8, 8, 4, 4),
+        qkv_bias=True,
+        levels=(4, 3, 2, 1),
+        attn_type="B",
+        drop_path_rate=0.1,
+    )
+    return _create("quadtree_b1", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def quadtree_b2(pretrained: bool = False, **kwargs) -> QuadTreePVT:
-    """QuadTree-B-b2: 25.1M params, 4.5 GFLOPs (README), 82.7% ImageNet-1k top-1."""
-    return _create("quadtree_b2", pretrained, **kwargs)
+    """QuadTree-B-b2: 25.1M params, 4.5 GMACs (README), 82.7% ImageNet-1k top-1."""
+    model_args = dict(
+        embed_dims=(64, 128, 320, 512),
+        depths=(3, 4, 6, 3),
+        num_heads=(1, 2, 5, 8),
+        mlp_ratios=(8, 8, 4, 4),
+        qkv_bias=True,
+        levels=(4, 3, 2, 1),
+        attn_type="B",
+        drop_path_rate=0.1,
+    )
+    return _create("quadtree_b2", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def quadtree_b3(pretrained: bool = False, **kwargs) -> QuadTreePVT:
-    """QuadTree-B-b3: 46.3M params, 7.8 GFLOPs (README), 83.8% ImageNet-1k top-1."""
-    return _create("quadtree_b3", pretrained, **kwargs)
+    """QuadTree-B-b3: 46.3M params, 7.8 GMACs (README), 83.8% ImageNet-1k top-1."""
+    model_args = dict(
+        embed_dims=(64, 128, 320, 512),
+        depths=(3, 4, 18, 3),
+        num_heads=(1, 2, 5, 8),
+        mlp_ratios=(8, 8, 4, 4),
+        qkv_bias=True,
+        levels=(4, 3, 2, 1),
+        attn_type="B",
+        drop_path_rate=0.3,
+    )
+    return _create("quadtree_b3", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def quadtree_b4(pretrained: bool = False, **kwargs) -> QuadTreePVT:
-    """QuadTree-B-b4: 64.2M params, 11.5 GFLOPs (README), 84.0% ImageNet-1k top-1."""
-    return _create("quadtree_b4", pretrained, **kwargs)
+    """QuadTree-B-b4: 64.2M params, 11.5 GMACs (README), 84.0% ImageNet-1k top-1."""
+    model_args = dict(
+        embed_dims=(64, 128, 320, 512),
+        depths=(3, 8, 27, 3),
+        num_heads=(1, 2, 5, 8),
+        mlp_ratios=(8, 8, 4, 4),
+        qkv_bias=True,
+        levels=(4, 3, 2, 1),
+        attn_type="B",
+        drop_path_rate=0.3,
+    )
+    return _create("quadtree_b4", pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def quadtree_a_b0(pretrained: bool = False, **kwargs) -> QuadTreePVT:
     """QuadTree-A-b0 (the authors' ``quadtreeA_b0``; variant A, no released weights): 3.2M params."""
-    return _create("quadtree_a_b0", pretrained, **kwargs)
+    model_args = dict(
+        embed_dims=(32, 64, 160, 256),
+        depths=(2, 2, 2, 2),
+        num_heads=(1, 2, 5, 8),
+        mlp_ratios=(8, 8, 4, 4),
+        qkv_bias=True,
+        levels=(4, 3, 2, 1),
+        attn_type="A",
+        drop_path_rate=0.1,
+    )
+    return _create("quadtree_a_b0", pretrained, **dict(model_args, **kwargs))
 
 
 OFFICIAL = register_official(
     OfficialFormat(
         family="QuadTree",
-        entrypoints=tuple(_ARCHS),
+        entrypoints=tuple(default_cfgs),
         config_to_kwargs=config_to_kwargs,
         checkpoint_filter_fn=checkpoint_filter_fn,
     )

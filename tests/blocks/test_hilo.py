@@ -182,7 +182,7 @@ def test_bad_arguments_name_the_argument(kwargs, error, match):
 
 def test_bad_inputs_are_rejected():
     m = HiLo(16, 2)
-    with pytest.raises(ValueError, match=r"channels-last map \(B, H, W, C\)"):
+    with pytest.raises(AssertionError, match=r"channels-last map \(B, H, W, C\)"):
         m(torch.randn(2, 16, 16))
-    with pytest.raises(ValueError, match="dim=16"):
+    with pytest.raises(AssertionError, match="dim=16"):
         m(torch.randn(1, 4, 4, 8))

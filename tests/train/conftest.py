@@ -97,7 +97,7 @@ def trained(image_folder, tmp_path_factory):
 @pytest.fixture(scope="session")
 def exported(trained, tmp_path_factory):
     """The trained run's last checkpoint exported for timm (``model.safetensors`` + ``config.json``)."""
-    from attnzoo.export import export_checkpoint
+    from attnzoo.tools.export import export_checkpoint
 
     run_dir, _ = trained
     return export_checkpoint(run_dir / "checkpoints" / "last.ckpt", tmp_path_factory.mktemp("export"))

@@ -12,9 +12,10 @@ import pytest
 import timm
 import torch
 
-from attnzoo import cli as zoo_cli
-from attnzoo.export import export_checkpoint, read_checkpoint
+from attnzoo.tools import cli as tools_cli
+from attnzoo.tools.export import export_checkpoint
 from attnzoo.train import ClassificationTask
+from attnzoo.train.checkpoint import read_checkpoint
 from attnzoo.train.cli import build_cli
 from tests.train.conftest import fit_args, metrics_rows
 from tests.train.helpers import TINY_NAT
@@ -77,7 +78,7 @@ def test_export_then_timm_reload_gives_identical_logits(trained, tmp_path, ema, 
     run_dir, _ = trained
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     out = tmp_path / "export"
-    zoo_cli.main(["export", str(ckpt), str(out)] + (["--ema"] if ema else []))
+    tools_cli.main(["export", str(ckpt), str(out)] + (["--ema"] if ema else []))
     assert "model.safetensors" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "nat_mini" and config["num_classes"] == 3
@@ -111,7 +112,7 @@ def test_export_errors_name_the_problem(trained, tmp_path):
     with pytest.raises(ValueError, match="not a ClassificationTask checkpoint"):
         export_checkpoint(tmp_path / "plain.ckpt", tmp_path / "out")
     with pytest.raises(SystemExit):
-        zoo_cli.main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "out")])
+        tools_cli.main(["export", str(tmp_path / "missing.ckpt"), str(tmp_path / "out")])
 
 
 def test_an_interrupted_fit_resumes_from_last_and_continues_the_step_count(image_folder, tmp_path):
@@ -144,12 +145,12 @@ def test_an_interrupted_fit_resumes_from_last_and_continues_the_step_count(image
 
 
 def test_export_needs_no_lightning(trained, tmp_path):
-    """``attnzoo export`` lives in the zoo layer: it must work where Lightning cannot even be imported."""
+    """``attnzoo export`` (tools floor, through the training floor's checkpoint reader) needs no Lightning."""
     run_dir, _ = trained
     code = (
         "import sys\n"
         "sys.modules['lightning'] = sys.modules['pytorch_lightning'] = None  # any import of them fails\n"
-        "from attnzoo import cli\n"
+        "from attnzoo.tools import cli\n"
         f"cli.main(['export', {str(run_dir / 'checkpoints' / 'best.ckpt')!r}, {str(tmp_path / 'out')!r}])\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

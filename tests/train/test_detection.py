@@ -145,7 +145,7 @@ def test_pretrained_weights_load_into_a_grafted_backbone(tmp_path):
         backbone="davit_tiny", model_kwargs=kwargs, graft={"mixer": "dual"}, pretrained=True, num_classes=3
     ).eval()
     body = task.detector.backbone.body
-    assert any(name.endswith("attn.mixer") for name, _ in body.named_modules())  # attnzoo's DualAttention
+    assert any(name.endswith("attn.mixer") for name, _ in body.named_modules())  # attnzoo's dual mixer
     x = torch.randn(1, 3, 64, 96)
     with torch.no_grad():
         expected = source.forward_intermediates(x, intermediates_only=True)

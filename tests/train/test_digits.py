@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from attnzoo.train import DigitsData, export_digits
+from attnzoo.train import DigitsData, write_digits
 from attnzoo.train.digits import default_root
 
 
-def test_export_writes_a_stratified_split_once(tmp_path):
-    root = export_digits(tmp_path / "digits")
+def test_write_digits_writes_a_stratified_split_once(tmp_path):
+    root = write_digits(tmp_path / "digits")
     train = sorted((root / "train").rglob("*.png"))
     val = sorted((root / "validation").rglob("*.png"))
     assert (len(train), len(val)) == (1437, 360)  # all 1,797 images, 80/20
@@ -19,14 +19,14 @@ def test_export_writes_a_stratified_split_once(tmp_path):
     with Image.open(train[0]) as img:
         assert img.size == (8, 8) and img.mode == "L" and img.getextrema()[1] > 200  # real 16-level scans
     stamp = (root / ".complete").stat().st_mtime_ns
-    assert export_digits(root) == root and (root / ".complete").stat().st_mtime_ns == stamp  # not rewritten
+    assert write_digits(root) == root and (root / ".complete").stat().st_mtime_ns == stamp  # not rewritten
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".digits-")]  # no temporary left
 
 
-def test_export_refuses_a_foreign_non_empty_folder(tmp_path):
+def test_write_digits_refuses_a_foreign_non_empty_folder(tmp_path):
     (tmp_path / "other.txt").write_text("not digits")
-    with pytest.raises(FileExistsError, match="root: .* is not a finished digits export"):
-        export_digits(tmp_path)
+    with pytest.raises(FileExistsError, match="root: .* is not a finished digits tree"):
+        write_digits(tmp_path)
 
 
 def test_digits_data_writes_the_tree_in_prepare_data(tmp_path, monkeypatch):

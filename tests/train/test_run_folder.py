@@ -90,7 +90,7 @@ def test_export_and_pretrained_files_refuse_code_too(tmp_path, server, monkeypat
     """``attnzoo export`` and pretrained weights (a local file or a URL through timm) read with weights_only."""
     import timm
 
-    from attnzoo.export import export_checkpoint
+    from attnzoo.tools.export import export_checkpoint
 
     folder, base = server
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))

@@ -66,5 +66,5 @@ def test_phase_two_trains_the_backbone_against_a_frozen_teacher(image_folder, tm
 def test_bad_phase_and_non_sparsifiner_model_are_refused():
     with pytest.raises(ValueError, match="phase must be one of"):
         SparsifinerDistillationTask(phase="finetune", model_kwargs=TINY)
-    with pytest.raises(ValueError, match="has no Sparsifiner blocks"):
+    with pytest.raises(ValueError, match="ResNet has no Sparsifiner blocks"):
         SparsifinerDistillationTask(model="resnet18")

@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import attnzoo
-from attnzoo.agent import agent_blocks_per_stage
+from attnzoo._agent import agent_blocks_per_stage, resize_to_model
 from attnzoo.blocks import AgentAttention
 from tests.fixtures import FIXTURES
 
@@ -66,9 +66,9 @@ PAPER_PARAMS_M = {
     "agent_pvt_large": 48.7,
 }
 FILTERS = {
-    "swin": attnzoo.agent.swin_checkpoint_filter_fn,
-    "deit": attnzoo.agent.deit_checkpoint_filter_fn,
-    "pvt": attnzoo.agent.pvt_checkpoint_filter_fn,
+    "swin": attnzoo.agent_swin.checkpoint_filter_fn,
+    "deit": attnzoo.agent_deit.checkpoint_filter_fn,
+    "pvt": attnzoo.agent_pvt.checkpoint_filter_fn,
 }
 PARITY = [
     "agent_swin_t_reduced.pt",
@@ -127,8 +127,8 @@ def test_fixtures_are_sensitive_to_a_corrupted_parameter(fixture, key, corrupt):
 
 
 CONFIG_TO_KWARGS = {
-    "agent_swin_t_reduced.pt": "swin_config_to_kwargs",
-    "agent_pvt_t_reduced.pt": "pvt_config_to_kwargs",
+    "agent_swin_t_reduced.pt": attnzoo.agent_swin.config_to_kwargs,
+    "agent_pvt_t_reduced.pt": attnzoo.agent_pvt.config_to_kwargs,
 }
 
 
@@ -138,7 +138,7 @@ def from_authors_file(tmp_path, fixture, **overrides):
     path = tmp_path / fixture
     if not path.exists():
         torch.save({"model": fx["state_dict"]}, path)
-    kwargs = {**getattr(attnzoo.agent, CONFIG_TO_KWARGS[fixture])(dict(fx["config"])), **overrides}
+    kwargs = {**CONFIG_TO_KWARGS[fixture](dict(fx["config"])), **overrides}
     overlay = dict(file=str(path), num_classes=10)
     return fx, timm.create_model(fx["entrypoint"], pretrained=True, pretrained_cfg_overlay=overlay, **kwargs).eval()
 
@@ -203,7 +203,7 @@ def test_resizing_a_constant_bias_keeps_it_constant():
         k: torch.full_like(v, 0.25) if k.endswith(("ah_bias", "wa_bias", "pos_embed")) else v
         for k, v in small.state_dict().items()
     }
-    out = attnzoo.agent.resize_to_model(state, large)
+    out = resize_to_model(state, large)
     large.load_state_dict(out)
     for key, value in out.items():
         if key.endswith(("ah_bias", "wa_bias", "pos_embed")):
@@ -396,8 +396,7 @@ def test_from_official_uses_the_authors_class_defaults():
     [
         ("agent_swin_tiny", dict(window_ratio=2), "unsupported authors' constructor argument"),
         ("agent_swin_tiny", dict(ape=True), "ape=False"),
-        ("agent_pvt_tiny", dict(attn_type="AAAB"), "released layout"),
-        ("agent_pvt_tiny", dict(agent_sr_ratios="8421"), "released layout"),
+        ("agent_pvt_tiny", dict(num_stages=3), "num_stages"),
         ("agent_deit_tiny", dict(distilled=True), "distilled"),
     ],
 )

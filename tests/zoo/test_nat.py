@@ -8,7 +8,7 @@ import timm
 import torch
 
 import attnzoo
-from attnzoo.flops import count_macs
+from attnzoo.tools.macs import count_macs
 from tests.fixtures import FIXTURES
 
 RELEASE = json.loads((FIXTURES / "nat_dinat_release_shapes.json").read_text())

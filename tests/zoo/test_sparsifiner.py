@@ -1,4 +1,5 @@
-"""Sparsifiner-DeiT: sparse inference, DeiT-S weights, attention FLOPs, features, the two-phase recipe."""
+"""Sparsifiner-DeiT (attnzoo.sparsifiner): sparse inference, DeiT-S weights, attention FLOPs, features; and the
+two-phase recipe (attnzoo.sparsifiner_distillation)."""
 
 import math
 from unittest import mock
@@ -11,13 +12,14 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import attnzoo
 import attnzoo.blocks.sparsifiner as sparsifiner_block
-from attnzoo.blocks.sparsifiner import attn_recon_loss
-from attnzoo.sparsifiner import (
-    MissingPredictorWarning,
+from attnzoo.sparsifiner import MissingPredictorWarning
+from attnzoo.sparsifiner_distillation import (
     SparsifinerLoss,
+    attn_recon_loss,
     record_aux,
     set_training_phase,
     sparsifiner_mixers,
+    student_forward,
     teacher_forward,
 )
 
@@ -223,6 +225,7 @@ def test_features_only_at_224_and_gradients():
     assert len(predictor) == 12 * 6
     # the features do not depend on the predictors differentiably (autograd finds no path; nothing is computed)
     assert all(g is None for g in torch.autograd.grad(feature_loss, predictor, allow_unused=True, retain_graph=True))
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in sparsifiner_mixers(model))  # hooks removed
     (feature_loss + attn_recon_loss(aux)).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, missing
@@ -237,7 +240,7 @@ def test_phase_one_trains_only_the_predictors_against_the_teachers_attention():
     assert {id(p) for p in trainable} == {id(p) for p in predictor}
     student.train()
     x = image()
-    out = student.forward_distill(x)
+    out = student_forward(student, x)
     teacher = teacher_forward(deit, x, return_attn=True)
     # phase 1 attention is dense: the student (teacher's backbone) reproduces the teacher
     torch.testing.assert_close(out["logits"], teacher["logits"], atol=1e-4, rtol=1e-4)
@@ -271,7 +274,7 @@ def test_phase_two_loss_is_the_authors_ce_plus_logit_and_token_distillation(soft
     target = torch.tensor([3, 7])
     if soft:
         target = F.one_hot(target, 1000).float() * 0.9 + 0.1 / 1000
-    out = student.forward_distill(x)
+    out = student_forward(student, x)
     teacher = teacher_forward(deit, x)
     loss_fn = SparsifinerLoss()
     assert (loss_fn.cls_weight, loss_fn.cls_distill_weight, loss_fn.token_distill_weight) == (1.0, 0.5, 0.5)
@@ -304,3 +307,11 @@ def test_recipe_errors():
     student.set_grad_checkpointing(True)
     with pytest.raises(ValueError, match="checkpointing"), record_aux(student):
         pass
+
+
+def test_attn_recon_loss_is_the_authors_weighted_layer_mean_of_summed_squares():
+    a = [{"approx_attn": torch.rand(2, 2, 3, 4), "attn": torch.rand(2, 2, 3, 4)} for _ in range(3)]
+    expected = 0.01 * sum(((d["approx_attn"] - d["attn"]) ** 2).sum() for d in a) / 3
+    torch.testing.assert_close(attn_recon_loss(a), expected)
+    with pytest.raises(ValueError, match="aux_per_layer must hold at least one"):
+        attn_recon_loss([])

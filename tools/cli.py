@@ -11,7 +11,13 @@ from pathlib import Path
 import timm
 import torch
 
-from attnzoo import bench
+from attnzoo._names import unknown_model_message
+from attnzoo.kernels import BACKENDS
+
+from .bench import blocks as bench_blocks
+from .bench import kernels as bench_kernels
+from .bench import models as bench_models
+from .bench import record
 
 
 def _default_device() -> str:
@@ -39,7 +45,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _kernel_config(args: argparse.Namespace, error) -> bench.KernelConfig:
+def _kernel_config(args: argparse.Namespace, error) -> bench_kernels.KernelConfig:
     """Fill the device-dependent defaults and check the sizes; ``error`` is the subparser's ``error``."""
     cuda = args.device.type == "cuda"
     if args.kernel_size % 2 == 0:
@@ -48,15 +54,17 @@ def _kernel_config(args: argparse.Namespace, error) -> bench.KernelConfig:
     for size in args.sizes:
         if size < args.kernel_size:
             error(f"--sizes: {size} is smaller than --kernel-size {args.kernel_size}; na2d needs the whole window")
-        if args.heads is None and size not in bench.NAT_TINY_STAGES:
-            error(f"--sizes: {size} is not a NAT-Tiny stage size ({sorted(bench.NAT_TINY_STAGES)}); give --heads")
-        heads[size] = args.heads or bench.NAT_TINY_STAGES[size]
+        if args.heads is None and size not in bench_kernels.NAT_TINY_STAGES:
+            error(
+                f"--sizes: {size} is not a NAT-Tiny stage size ({sorted(bench_kernels.NAT_TINY_STAGES)}); give --heads"
+            )
+        heads[size] = args.heads or bench_kernels.NAT_TINY_STAGES[size]
     batch = args.batch or (32 if cuda else 1)
     if args.min_run_time is not None:
         min_run_time = args.min_run_time
     else:
         min_run_time = 0.1 if args.quick else 1.0
-    return bench.KernelConfig(
+    return bench_kernels.KernelConfig(
         sizes=args.sizes,
         heads=heads,
         batch=batch,
@@ -73,20 +81,20 @@ def _kernel_config(args: argparse.Namespace, error) -> bench.KernelConfig:
 
 def _bench_kernels(args: argparse.Namespace) -> None:
     config = _kernel_config(args, args.parser.error)
-    report = bench.kernel_suite(args.device, config, progress=lambda text: print(text, flush=True))
-    print(bench.format_table(report.results))
+    report = bench_kernels.kernel_suite(args.device, config, progress=lambda text: print(text, flush=True))
+    print(record.format_table(report.results))
     if report.skipped:
-        print(bench.format_skipped(report.skipped))
-    print(bench.format_summary(report.summary))
+        print(bench_kernels.format_skipped(report.skipped))
+    print(bench_kernels.format_summary(report.summary))
     if args.out is not None:
         settings = {**asdict(config), "threads": torch.get_num_threads()}
         extra = {"summary": report.summary, "skipped": [asdict(s) for s in report.skipped]}
-        path = bench.write_report("kernels", args.device, report.results, args.out, settings, extra, args.argv)
+        path = record.write_report("kernels", args.device, report.results, args.out, settings, extra, args.argv)
         print(f"wrote {path}")
 
 
 def _bench_ptx(args: argparse.Namespace) -> None:
-    from attnzoo import ptx
+    from .bench import ptx
 
     print(ptx.HEADER)
     try:
@@ -104,7 +112,7 @@ def _bench_ptx(args: argparse.Namespace) -> None:
 
 def _timm_model(name: str) -> str:
     """A timm model name (attnzoo's registered too); otherwise an argparse error listing close names."""
-    message = bench.unknown_model_message(name)
+    message = unknown_model_message(name)
     if message is not None:
         raise argparse.ArgumentTypeError(message)
     return name
@@ -114,7 +122,7 @@ def _bench_models(args: argparse.Namespace) -> None:
     precision = args.precision or ("bf16" if args.device.type == "cuda" else "fp32")
     if args.device.type == "cpu" and precision == "fp16":
         args.parser.error("--precision fp16 is for CUDA; on the CPU use fp32 or bf16")
-    results = bench.models_suite(
+    results = bench_models.models_suite(
         args.device,
         args.models,
         args.size,
@@ -124,7 +132,7 @@ def _bench_models(args: argparse.Namespace) -> None:
         args.channels_last,
         args.min_run_time,
     )
-    print(bench.format_model_table(results))
+    print(bench_models.format_model_table(results))
     if args.out is not None:
         settings = dict(
             models=args.models,
@@ -136,7 +144,7 @@ def _bench_models(args: argparse.Namespace) -> None:
             min_run_time=args.min_run_time,
             threads=torch.get_num_threads(),
         )
-        print(f"wrote {bench.write_report('models', args.device, results, args.out, settings, argv=args.argv)}")
+        print(f"wrote {record.write_report('models', args.device, results, args.out, settings, argv=args.argv)}")
 
 
 def _block_case(text: str) -> tuple[int, int, int]:
@@ -158,12 +166,17 @@ def _bench_blocks(args: argparse.Namespace) -> None:
         min_run_time=args.min_run_time,
         threads=torch.get_num_threads(),
         mixers=args.mixers,
-        settings={size: bench.block_settings(size) for size, _, _ in args.cases},
+        settings={size: bench_blocks.block_settings(size) for size, _, _ in args.cases},
     )
-    results = bench.blocks_suite(device, args.min_run_time, args.batch, args.cases, args.mixers)
-    print(bench.format_table(results))
+    results = bench_blocks.blocks_suite(device, args.min_run_time, args.batch, args.cases, args.mixers)
+    print(record.format_table(results))
     if args.out is not None:
-        print(f"wrote {bench.write_report('blocks', device, results, args.out, settings, argv=args.argv)}")
+        print(f"wrote {record.write_report('blocks', device, results, args.out, settings, argv=args.argv)}")
+
+
+def _add_output(suite: argparse.ArgumentParser, text: str) -> None:
+    suite.add_argument("--out", type=Path, default=Path("benchmarks"), help=text)
+    suite.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--size",
         nargs="+",
         type=_positive_int,
-        default=list(bench.NAT_TINY_STAGES),
+        default=list(bench_kernels.NAT_TINY_STAGES),
         metavar="SIZE",
         help="feature-map sides (default: 56 28 14 7; heads from NAT-Tiny unless --heads)",
     )
@@ -212,15 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
     kernels.add_argument(
         "--backends",
         nargs="+",
-        choices=bench.kernels.BACKENDS,
+        choices=BACKENDS,
         default=None,
         help="only these backends (default: every available one, except interpreted Triton on the CPU)",
     )
     kernels.add_argument(
         "--gather",
         nargs="*",
-        choices=list(bench.GATHER_SHAPES),
-        default=list(bench.GATHER_SHAPES),
+        choices=list(bench_kernels.GATHER_SHAPES),
+        default=list(bench_kernels.GATHER_SHAPES),
         metavar="SHAPE",
         help="gather_attention workloads: quadtree, sparsifiner (default: both; none with an empty list)",
     )
@@ -233,10 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds of timing per measurement (default: 1.0, or 0.1 with --quick)",
     )
-    kernels.add_argument(
-        "--out", type=Path, default=Path("benchmarks"), help="folder for the JSON report (default: benchmarks/)"
-    )
-    kernels.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
+    _add_output(kernels, "folder for the JSON report (default: benchmarks/)")
     kernels.set_defaults(run=_bench_kernels, parser=kernels)
 
     models = suites.add_parser(
@@ -252,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--batch", type=_positive_int, default=8, help="images per batch (default: 8)")
     models.add_argument(
         "--precision",
-        choices=list(bench.PRECISIONS),
+        choices=list(bench_models.PRECISIONS),
         default=None,
         help="fp32, or autocast to bf16/fp16 (default: fp32 on CPU, bf16 on CUDA; fp16 needs CUDA)",
     )
@@ -265,8 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--device", type=_device, default=default_device, help=f"default: {default_device}")
     models.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per model (default: 1)")
-    models.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for the JSON report")
-    models.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
+    _add_output(models, "folder for the JSON report")
     models.set_defaults(run=_bench_models, parser=models)
 
     blocks = suites.add_parser("blocks", help="every token mixer next to dense SDPA attention, forward and backward")
@@ -282,8 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     blocks.add_argument("--mixers", nargs="+", default=None, help="only these mixers (labels or create_mixer names)")
     blocks.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per measurement")
-    blocks.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for the JSON report")
-    blocks.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
+    _add_output(blocks, "folder for the JSON report")
     blocks.set_defaults(run=_bench_blocks)
 
     ptx = suites.add_parser(
@@ -299,8 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Run it without TRITON_INTERPRET=1."
         ),
     )
-    ptx.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder for ptx.json (default: benchmarks/)")
-    ptx.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
+    _add_output(ptx, "folder for ptx.json (default: benchmarks/)")
     ptx.set_defaults(run=_bench_ptx)
 
     listing = commands.add_parser("list", help="the models attnzoo registers in timm, with their weights")
@@ -330,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from attnzoo.export import export_checkpoint
+    from .export import export_checkpoint
 
     try:
         out = export_checkpoint(args.checkpoint, args.out_dir, ema=args.ema)

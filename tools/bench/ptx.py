@@ -1,12 +1,9 @@
-"""What the GPU compiler makes of attnzoo's Triton kernels, without a GPU (``attnzoo bench ptx``).
+"""``attnzoo bench ptx``: what the GPU compiler makes of attnzoo's Triton kernels, without a GPU.
 
-Triton compiles for any ``GPUTarget`` on a machine without a GPU, and its bundled ``ptxas`` assembles
-the PTX. For every kernel launch that ``backend="auto"`` would make at NAT-Tiny's stage-1 shape
-(and gather_attention at QuadTree's and Sparsifiner's), this module binds the launch's real
-arguments the way Triton's JIT does (same specialisation: 16-byte alignment, integers equal to 1
-folded), compiles for sm_80 and sm_90, and reads off what decides whether a kernel can be fast:
-tensor-core instructions in the PTX (``mma.sync`` on sm_80, ``wgmma`` or ``mma.sync`` on sm_90),
-registers per thread, spilled bytes and shared memory per program.
+Triton compiles for any ``GPUTarget`` without a GPU, and its bundled ``ptxas`` assembles the PTX. Every
+launch ``backend="auto"`` would make at NAT-Tiny's stage-1 shape (gather_attention: QuadTree's and
+Sparsifiner's) is bound the way Triton's JIT binds it (same specialisation), compiled for sm_80 and sm_90,
+and read off: tensor-core instructions (``mma.sync``, ``wgmma``), registers, spills, shared memory.
 """
 
 from __future__ import annotations
@@ -23,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from attnzoo.bench import _version
 from attnzoo.kernels import triton_gather, triton_na2d
+
+from .record import package_version
 
 ARCHS = (80, 90)
 DTYPES = ("bfloat16", "float16")
@@ -198,7 +196,7 @@ def write_report(reports: list[KernelReport], out_dir: Path, argv: list[str]) ->
         "suite": "ptx",
         "command": shlex.join(["attnzoo", *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {name: _version(name) for name in ("attnzoo", "torch", "triton")},
+        "versions": {name: package_version(name) for name in ("attnzoo", "torch", "triton")},
         "ptxas": {f"sm_{arch}": _ptxas_version(arch) for arch in ARCHS},
         "settings": {"archs": [f"sm_{a}" for a in ARCHS], "dtypes": list(DTYPES), "na2d_shape": NAT_TINY_STAGE1},
         "problems": problems(reports),

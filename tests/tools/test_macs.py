@@ -5,7 +5,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnzoo.blocks.neighborhood import NeighborhoodAttention2D
-from attnzoo.flops import count_macs
+from attnzoo.tools.macs import count_macs
 
 
 def test_neighborhood_attention_counts_k_squared_keys_per_query():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from attnzoo import cli
+from attnzoo.tools import cli
 
 
 def test_list_shows_every_registered_model_with_its_weights(capsys):

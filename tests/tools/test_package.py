@@ -1,5 +1,6 @@
 """The distribution: one import name over the repository's folders, live edits, the console script."""
 
+import re
 import subprocess
 import sys
 import uuid
@@ -8,6 +9,7 @@ from pathlib import Path
 import attnzoo
 import attnzoo.blocks
 import attnzoo.kernels
+import attnzoo.tools
 import attnzoo.train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,7 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_folders_map_into_one_namespace():
     assert Path(attnzoo.__file__).parent == ROOT / "zoo"
-    for module, folder in [(attnzoo.blocks, "blocks"), (attnzoo.kernels, "kernels"), (attnzoo.train, "train")]:
+    folders = [
+        (attnzoo.blocks, "blocks"),
+        (attnzoo.kernels, "kernels"),
+        (attnzoo.train, "train"),
+        (attnzoo.tools, "tools"),
+    ]
+    for module, folder in folders:
         assert Path(module.__file__).parent == ROOT / folder
     assert attnzoo.__version__ != "0.0.0+unknown"  # installed, not just on sys.path
 
@@ -38,7 +46,8 @@ def test_editable_install_sees_new_files_live():
 
 
 def test_layer_dependency_direction():
-    """kernels imports only torch (triton, natten later); blocks never imports timm model files; zoo never Lightning."""
+    """kernels imports no attnzoo, timm or Lightning; blocks no timm model files; zoo no Lightning; nothing imports
+    the tools floor, which takes only the checkpoint reader from the training floor."""
 
     def imports(folder):
         lines = []
@@ -53,3 +62,10 @@ def test_layer_dependency_direction():
         line for line in imports("blocks") if "timm.models" in line or "attnzoo.train" in line or "lightning" in line
     ]
     assert not [line for line in imports("zoo") if "lightning" in line or "attnzoo.train" in line]
+    assert not [
+        line
+        for folder in ("kernels", "blocks", "zoo", "train")
+        for line in imports(folder)
+        if re.search(r"\btools\b", line)
+    ]
+    assert not [line for line in imports("tools") if "attnzoo.train" in line and "attnzoo.train.checkpoint" not in line]

@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnzoo import bench, cli
 from attnzoo.kernels import _dispatch
+from attnzoo.tools import cli
+from attnzoo.tools.bench import blocks as bench_blocks
+from attnzoo.tools.bench import kernels as bench_kernels
+from attnzoo.tools.bench import models as bench_models
 
 
 def _cases(report: dict) -> set[tuple[str, str, str]]:
@@ -23,19 +26,19 @@ def _cases(report: dict) -> set[tuple[str, str, str]]:
 def test_window_attention_matches_per_window_sdpa_and_pads_ragged_maps():
     """Each token attends exactly to its own window's tokens; a 9x9 map is padded to 12x12 with zeros."""
     q, k, v = (torch.randn(2, 9, 9, 2, 8) for _ in range(3))
-    out = bench.window_attention(q, k, v, 3)
+    out = bench_kernels.window_attention(q, k, v, 3)
     assert out.shape == q.shape
     window = (slice(3, 6), slice(6, 9))  # an interior window: no padding involved
     qw, kw, vw = (t[:, window[0], window[1]].reshape(2, 9, 2, 8).transpose(1, 2) for t in (q, k, v))
     expected = torch.nn.functional.scaled_dot_product_attention(qw, kw, vw).transpose(1, 2).reshape(2, 3, 3, 2, 8)
     torch.testing.assert_close(out[:, window[0], window[1]], expected)
-    full = bench.full_attention(q, k, v)
-    torch.testing.assert_close(bench.window_attention(q, k, v, 9), full)  # one window covering the map
+    full = bench_kernels.full_attention(q, k, v)
+    torch.testing.assert_close(bench_kernels.window_attention(q, k, v, 9), full)  # one window covering the map
 
 
 def test_na2d_dilations_are_one_and_the_largest_that_fits():
-    assert [bench.na2d_dilations(s, 7, quick=False) for s in (56, 28, 14, 7)] == [[1, 8], [1, 4], [1, 2], [1]]
-    assert bench.na2d_dilations(56, 7, quick=True) == [1]
+    assert [bench_kernels.na2d_dilations(s, 7, quick=False) for s in (56, 28, 14, 7)] == [[1, 8], [1, 4], [1, 2], [1]]
+    assert bench_kernels.na2d_dilations(56, 7, quick=True) == [1]
 
 
 def test_bench_kernels_quick_writes_every_case_with_summary(tmp_path, capsys):
@@ -87,11 +90,11 @@ def test_backend_that_declines_backward_keeps_its_forward_and_records_why(monkey
     torch_impl = _dispatch._REGISTRY["na2d"]["torch"]
     fake = _dispatch.Implementation(torch_impl.fn, torch_impl.unavailable, unsupported)
     monkeypatch.setitem(_dispatch._REGISTRY["na2d"], "natten", fake)
-    config = bench.KernelConfig(
+    config = bench_kernels.KernelConfig(
         sizes=[7], heads={7: 1}, batch=1, gather_batch=1, head_dim=8, min_run_time=0.01, quick=True,
         backends=["torch", "natten"], gather=[],
     )  # fmt: skip
-    report = bench.kernel_suite(torch.device("cpu"), config)
+    report = bench_kernels.kernel_suite(torch.device("cpu"), config)
     natten = [(r.case, r.mode) for r in report.results if r.implementation == "natten"]
     assert natten == [("na2d", "forward (no grad)")]
     assert [(s.implementation, s.mode, s.reason) for s in report.skipped] == [
@@ -118,7 +121,7 @@ def test_bench_blocks_times_every_mixer_next_to_dense_attention(tmp_path):
     cli.main(["bench", "blocks", "--cases", "8x16x2", "--min-run-time", "0.01", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "blocks-cpu.json").read_text())
     labels = {r["case"] for r in report["results"]}
-    assert labels == {"dense (SDPA)", *bench.block_settings(8)}
+    assert labels == {"dense (SDPA)", *bench_blocks.block_settings(8)}
     assert {r["mode"] for r in report["results"]} == {"forward (no grad)", "forward+backward"}
     assert report["settings"]["cases"] == [[8, 16, 2]]
 
@@ -149,8 +152,8 @@ def test_bench_models_builds_fixed_size_models_for_the_requested_size(monkeypatc
 
     monkeypatch.setattr(timm, "create_model", create_model)
     for name in ("vit_tiny_patch16_224", "resnet18"):
-        assert not bench.build_model(name, 32).training
-        bench.build_model(name, 224)
+        assert not bench_models.build_model(name, 32).training
+        bench_models.build_model(name, 224)
     assert calls == [
         ("vit_tiny_patch16_224", {"img_size": 32}),
         ("vit_tiny_patch16_224", {}),

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from attnzoo import ptx
 from attnzoo.kernels import triton_na2d
+from attnzoo.tools.bench import ptx
 
 if triton_na2d.triton is None:
     pytest.skip("triton is not installed", allow_module_level=True)
@@ -23,7 +23,7 @@ if triton_na2d.triton is None:
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("ptx")
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    command = [sys.executable, "-c", "from attnzoo.cli import main; main()", "bench", "ptx", "--out", str(out)]
+    command = [sys.executable, "-c", "from attnzoo.tools.cli import main; main()", "bench", "ptx", "--out", str(out)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads((out / "ptx.json").read_text()), result.stdout
