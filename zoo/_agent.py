@@ -25,8 +25,7 @@ _URL = "https://cloud.tsinghua.edu.cn/f/{}/?dl=1"  # TsinghuaCloud links of agen
 def agent_cfg(file_id: str, input_size: int = 224, crop_pct: float = 0.875, **kwargs) -> dict:
     # test transform (data/build.py): bicubic resize of the image to a (256/224 * size) square, centre crop
     # (TEST.CROP True) -> timm's 'squash' mode with crop_pct 0.875; the Swin 288/384 configs set TEST.CROP
-    # False -> 1.0. The links are share pages ending in '/?dl=1': their URL path has no file name, so timm's
-    # download (torch.hub) cannot name the cached file; the note says how to load them.
+    # False -> 1.0. The links are share pages ending in '/?dl=1' (no file name): attnzoo.weights names the cache file.
     return {
         "url": _URL.format(file_id),
         "num_classes": 1000,
@@ -43,10 +42,6 @@ def agent_cfg(file_id: str, input_size: int = 224, crop_pct: float = 0.875, **kw
         "paper_ids": "arXiv:2312.08874",
         "paper_name": "Agent Attention: On the Integration of Softmax and Linear Attention",
         "origin_url": "https://github.com/LeapLabTHU/Agent-Attention",
-        "notes": (
-            "TsinghuaCloud share link without a file name: download it, then pass "
-            "pretrained_cfg_overlay=dict(file=path) (the authors' {'model': state_dict} is unwrapped)",
-        ),
         **kwargs,
     }
 

@@ -5,6 +5,8 @@ them (:data:`SHA256` holds the ones that are known). Every other URL is trusted 
 download's SHA-256 is recorded next to torch's download cache (``<torch hub dir>/attnzoo-sha256.json``) and
 every later load verifies the cached file against it. timm's own hash check is off and its URLs carry no
 hash; this module downloads into the place timm reads from (with a progress bar) before timm does.
+Share links whose path names no file (the Agent authors' ``.../f/<id>/?dl=1``) get a cache name of their
+own (:func:`cache_name`) and are handed to timm as a local file.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def _write_records(cache_dir: Path, records: dict[str, str]) -> None:
     os.replace(temp, path)
 
 
+def cache_name(url: str) -> str:
+    """The cached file's name: the URL path's last part, else its host and path parts joined, plus ``.pth``."""
+    parsed = urlparse(url)
+    name = os.path.basename(parsed.path)
+    if name:
+        return name
+    return "-".join([parsed.hostname or "download", *filter(None, parsed.path.split("/"))]) + ".pth"
+
+
 def verified_download(url: str, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
     """The cached file of ``url`` (downloaded first if missing), after checking its SHA-256.
 
@@ -63,11 +74,13 @@ def verified_download(url: str, cache_dir: str | Path | None = None, progress: b
     # where torch.hub.load_state_dict_from_url (timm's loader) looks: <hub dir>/checkpoints, or timm's cache_dir
     hub_dir = Path(cache_dir) if cache_dir is not None else Path(torch.hub.get_dir())
     folder = hub_dir if cache_dir is not None else hub_dir / "checkpoints"
-    path = folder / os.path.basename(urlparse(url).path)
+    path = folder / cache_name(url)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary file, then a rename; with timm's hash check on, torch.hub's rule (a hash prefix in the name)
-        prefix = torch.hub.HASH_REGEX.search(path.name) if timm_builder._CHECK_HASH else None
+        # a temporary file, then a rename; with timm's hash check on, torch.hub's rule (a hash prefix in the name
+        # the URL gives; a name of our own carries none)
+        named_by_url = path.name == os.path.basename(urlparse(url).path)
+        prefix = torch.hub.HASH_REGEX.search(path.name) if timm_builder._CHECK_HASH and named_by_url else None
         torch.hub.download_url_to_file(url, str(path), prefix.group(1) if prefix else None, progress=progress)
     digest = sha256_of(path)
     records = _read_records(hub_dir)
@@ -94,5 +107,7 @@ def build_model_with_cfg(model_cls, variant: str, pretrained: bool = False, **kw
         ).to_dict()
         source, location = _resolve_pretrained_source(cfg)
         if source == "url":
-            verified_download(location, cache_dir=kwargs.get("cache_dir"))
+            path = verified_download(location, cache_dir=kwargs.get("cache_dir"))
+            if not os.path.basename(urlparse(location).path):  # torch.hub could not name it: give timm the file
+                kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": str(path)}
     return timm_build_model_with_cfg(model_cls, variant, pretrained, **kwargs)

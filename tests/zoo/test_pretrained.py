@@ -139,3 +139,20 @@ def test_registered_weights_point_at_the_authors_release(fixture):
     cfg = timm.create_model("nat_mini", pretrained=False).pretrained_cfg
     assert cfg["url"] == "https://shi-labs.com/projects/nat/checkpoints/CLS/nat_mini.pth"
     assert cfg["license"] == "mit" and cfg["paper_ids"] == "arXiv:2204.07143"
+
+
+def test_a_share_link_without_a_file_name_downloads_into_a_named_cache_file(server, hub_dir):
+    """The Agent authors' TsinghuaCloud links end in ``/f/<id>/?dl=1``; torch.hub alone cannot name that file."""
+    root, base_url = server
+    fx = torch.load(FIXTURES / "agent_pvt_t_reduced.pt", weights_only=True)
+    share = root / "f" / "13fdf0e0a7c5498c934f"
+    share.mkdir(parents=True)
+    torch.save({"model": fx["state_dict"]}, share / "index.html")  # what the server returns for the folder URL
+    url = f"{base_url}/f/13fdf0e0a7c5498c934f/?dl=1"
+    kwargs = attnzoo.agent_pvt.config_to_kwargs(dict(fx["config"]))
+    model = timm.create_model(
+        "agent_pvt_tiny", pretrained=True, pretrained_cfg_overlay=dict(url=url, num_classes=10), **kwargs
+    )
+    torch.testing.assert_close(logits(model, fx), fx["logits"], atol=1e-4, rtol=1e-4)
+    cached = hub_dir / "checkpoints" / "127.0.0.1-f-13fdf0e0a7c5498c934f.pth"
+    assert cached.is_file() and url in json.loads((hub_dir / weights.RECORD_NAME).read_text())
