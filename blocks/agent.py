@@ -210,13 +210,12 @@ class AgentAttention(nn.Module):
         batch, n_tokens, channels = x.shape
         prefix = self.num_prefix_tokens
         heads, head_dim = self.num_heads, self.head_dim
+        key_size = (height // self.sr_ratio, width // self.sr_ratio)  # kernel = stride = sr: floor(H / sr) rows
         if self.sr_ratio == 1:
             q, k, v = self.qkv(x).view(batch, n_tokens, 3, heads, head_dim).unbind(2)  # (B, N, h, d) each
-            key_size = (height, width)
-        else:  # keys/values from the map reduced by the strided conv (kernel = stride: floor(H / sr) rows)
+        else:  # keys/values from the map reduced by the strided conv
             q = self.q(x).view(batch, n_tokens, heads, head_dim)
             reduced = self.sr(x.view(batch, height, width, channels).permute(0, 3, 1, 2))
-            key_size = (height // self.sr_ratio, width // self.sr_ratio)
             reduced = self.norm(reduced.flatten(2).transpose(1, 2))
             k, v = self.kv(reduced).view(batch, -1, 2, heads, head_dim).unbind(2)
 

@@ -56,12 +56,16 @@ def _write_records(cache_dir: Path, records: dict[str, str]) -> None:
     os.replace(temp, path)
 
 
+def _url_file_name(url: str) -> str:
+    """The file name the URL's path ends in ('' for share links such as ``.../f/<id>/?dl=1``)."""
+    return os.path.basename(urlparse(url).path)
+
+
 def cache_name(url: str) -> str:
-    """The cached file's name: the URL path's last part, else its host and path parts joined, plus ``.pth``."""
+    """The cached file's name: the URL's file name, else its host and path parts joined, plus ``.pth``."""
+    if _url_file_name(url):
+        return _url_file_name(url)
     parsed = urlparse(url)
-    name = os.path.basename(parsed.path)
-    if name:
-        return name
     return "-".join([parsed.hostname or "download", *filter(None, parsed.path.split("/"))]) + ".pth"
 
 
@@ -79,7 +83,7 @@ def verified_download(url: str, cache_dir: str | Path | None = None, progress: b
         path.parent.mkdir(parents=True, exist_ok=True)
         # a temporary file, then a rename; with timm's hash check on, torch.hub's rule (a hash prefix in the name
         # the URL gives; a name of our own carries none)
-        named_by_url = path.name == os.path.basename(urlparse(url).path)
+        named_by_url = bool(_url_file_name(url))
         prefix = torch.hub.HASH_REGEX.search(path.name) if timm_builder._CHECK_HASH and named_by_url else None
         torch.hub.download_url_to_file(url, str(path), prefix.group(1) if prefix else None, progress=progress)
     digest = sha256_of(path)
@@ -108,6 +112,6 @@ def build_model_with_cfg(model_cls, variant: str, pretrained: bool = False, **kw
         source, location = _resolve_pretrained_source(cfg)
         if source == "url":
             path = verified_download(location, cache_dir=kwargs.get("cache_dir"))
-            if not os.path.basename(urlparse(location).path):  # torch.hub could not name it: give timm the file
+            if not _url_file_name(location):  # torch.hub could not name it: give timm the file
                 kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": str(path)}
     return timm_build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
