@@ -42,4 +42,4 @@ demo: $(STAMP)
 		--model.init_args.model local-dir:$(DEMO_DIR)/export --model.init_args.pretrained true
 
 bench: $(STAMP)
-	$(VENV)/bin/attnzoo bench kernels
+	$(VENV)/bin/attnzoo bench kernels --json 'benchmarks/kernels-{device}.json' --force

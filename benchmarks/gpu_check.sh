@@ -6,7 +6,7 @@
 #      through SDPA at NAT-Tiny's stage shapes, and gather_attention;
 #   3. `attnzoo bench models` on CUDA (bf16 autocast, batch 64, 224x224, eager): attnzoo's tiny/small models next
 #      to timm's swin_tiny, davit_tiny, focalnet_tiny_srf and convnext_tiny.
-# Writes gpu-tests.xml, kernels-cuda.json, models-cuda.json and gpu-check.log to benchmarks/ (or to $1).
+# Writes (replacing) gpu-tests.xml, kernels-cuda.json, models-cuda.json and gpu-check.log to benchmarks/ (or to $1).
 # Usage: bash benchmarks/gpu_check.sh [OUT_DIR]; PYTHON=/path/to/python picks the interpreter (default python3).
 # attnzoo is installed without dependencies if it is not importable: a GPU image has torch, triton and timm.
 set -uo pipefail
@@ -31,9 +31,9 @@ step() {  # step SECONDS COMMAND...: run with a time limit, record a failure and
 attnzoo() { "$PY" -c "from attnzoo.tools.cli import main; main()" "$@"; }
 
 step 200 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/kernels tests/zoo/test_gpu_models.py --junitxml "$OUT_DIR/gpu-tests.xml"
-step 120 attnzoo bench kernels --min-run-time 0.3 --out "$OUT_DIR"
+step 120 attnzoo bench kernels --min-run-time 0.3 --json "$OUT_DIR/kernels-cuda.json" --force
 step 150 attnzoo bench models nat_tiny dinat_tiny litv2_small quadtree_b1 agent_swin_tiny sparsifiner_deit_small \
     swin_tiny_patch4_window7_224 davit_tiny focalnet_tiny_srf convnext_tiny \
-    --batch 64 --precision bf16 --min-run-time 0.5 --out "$OUT_DIR"
+    --batch 64 --precision bf16 --min-run-time 0.5 --json "$OUT_DIR/models-cuda.json" --force
 echo "== gpu_check.sh finished with status $status"
 exit $status

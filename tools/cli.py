@@ -1,10 +1,19 @@
-"""The ``attnzoo`` console script: everything that is not training (``attnzoo-train``)."""
+"""What the ``attnzoo`` command runs: everything that is not training (``attnzoo-train``).
+
+The parser lives in the top-level ``attnzoo_cli`` module, which imports neither torch nor this package, so
+``--help`` and bad options answer at once; :func:`run` gets its parsed arguments. Each command imports what it
+needs when it runs. Errors found here (a missing GPU, a mistyped model name, an existing report) go through the
+subcommand's parser, so they read like the parser's own: one line, exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import re
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -12,42 +21,97 @@ import timm
 import torch
 
 from attnzoo._names import unknown_model_message
-from attnzoo.kernels import BACKENDS
 
-from .bench import blocks as bench_blocks
-from .bench import kernels as bench_kernels
-from .bench import models as bench_models
-from .bench import record
+__all__ = ["main", "model_info", "run"]
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+def main(argv: list[str] | None = None) -> None:
+    """In-process entry (tests, ``python -c``): the same as the ``attnzoo`` command."""
+    from attnzoo_cli import main as launch
+
+    launch(argv)
 
 
-def _device(text: str) -> torch.device:
-    """A torch device that exists here, so a typo or a missing GPU is an argparse error, not a traceback."""
+def run(args: argparse.Namespace) -> None:
+    """Run the command ``attnzoo_cli`` parsed (``args.run`` names it)."""
+    quiet_cuda_home_warning()
+    COMMANDS[args.run](args)
+
+
+class _CudaHomeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found, using CUDA_HOME=")
+
+
+def quiet_cuda_home_warning() -> None:
+    """Drop torch.utils.cpp_extension's "No CUDA runtime is found, using CUDA_HOME=..." and nothing else.
+
+    Importing cpp_extension (torch.utils.benchmark does) logs it on any machine that has a CUDA toolkit but no
+    GPU; nothing here compiles extensions, so on a CPU machine it is noise on every benchmark.
+    """
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _CudaHomeFilter) for f in logger.filters):
+        logger.addFilter(_CudaHomeFilter())
+
+
+# --- checks that need torch or timm ---------------------------------------------------------------------------
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    """``--device`` as a device that exists here (default: CUDA when available)."""
+    text = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(text)
-    except RuntimeError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available on this machine")
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        args.parser.error(f"--device: expected cpu, cuda or cuda:N, got {text!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            args.parser.error("--device: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            args.parser.error(f"--device: {text} does not exist ({torch.cuda.device_count()} CUDA devices)")
     return device
 
 
-def _positive_int(text: str) -> int:
+def _json_path(args: argparse.Namespace, device_type: str) -> Path | None:
+    """``--json`` with ``{device}`` filled in, checked before minutes of timing are spent on a report it can't write."""
+    if args.json is None:
+        return None
+    path = Path(str(args.json).replace("{device}", device_type))
+    if path.is_dir():
+        args.parser.error(f"--json: {path} is a folder; give a file path such as {path / 'report.json'}")
+    if path.exists() and not args.force:
+        args.parser.error(f"--json: {path} exists; pass --force to overwrite it")
+    return path
+
+
+def _write_json(args: argparse.Namespace, path: Path, data: dict) -> None:
+    from .bench import record
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+        record.write_json(path, data, force=args.force)
+    except FileExistsError:  # created while the benchmark ran
+        args.parser.error(f"--json: {path} exists; pass --force to overwrite it")
+    print(f"wrote {path}")
 
 
-def _kernel_config(args: argparse.Namespace, error) -> bench_kernels.KernelConfig:
-    """Fill the device-dependent defaults and check the sizes; ``error`` is the subparser's ``error``."""
-    cuda = args.device.type == "cuda"
+def _check_models(args: argparse.Namespace, names: list[str]) -> None:
+    for name in names:
+        message = unknown_model_message(name)
+        if message is not None:
+            args.parser.error(message)
+
+
+# --- bench ----------------------------------------------------------------------------------------------------
+
+
+def _kernel_config(args: argparse.Namespace, device: torch.device):
+    """Fill the device-dependent defaults and check the sizes."""
+    from .bench import kernels as bench_kernels
+
+    error = args.parser.error
+    cuda = device.type == "cuda"
     if args.kernel_size % 2 == 0:
         error(f"--kernel-size must be odd (a window centred on its query), got {args.kernel_size}")
     heads = {}
@@ -79,51 +143,36 @@ def _kernel_config(args: argparse.Namespace, error) -> bench_kernels.KernelConfi
     )
 
 
-def _bench_kernels(args: argparse.Namespace) -> None:
-    config = _kernel_config(args, args.parser.error)
-    report = bench_kernels.kernel_suite(args.device, config, progress=lambda text: print(text, flush=True))
+def bench_kernels(args: argparse.Namespace) -> None:
+    from .bench import kernels as bench_kernels
+    from .bench import record
+
+    device = _device(args)
+    config = _kernel_config(args, device)
+    path = _json_path(args, device.type)
+    report = bench_kernels.kernel_suite(device, config, progress=lambda text: print(text, flush=True))
     print(record.format_table(report.results))
     if report.skipped:
         print(bench_kernels.format_skipped(report.skipped))
     print(bench_kernels.format_summary(report.summary))
-    if args.out is not None:
+    if path is not None:
         settings = {**asdict(config), "threads": torch.get_num_threads()}
         extra = {"summary": report.summary, "skipped": [asdict(s) for s in report.skipped]}
-        path = record.write_report("kernels", args.device, report.results, args.out, settings, extra, args.argv)
-        print(f"wrote {path}")
+        _write_json(args, path, record.build_report("kernels", device, report.results, settings, extra, args.argv))
 
 
-def _bench_ptx(args: argparse.Namespace) -> None:
-    from .bench import ptx
+def bench_models(args: argparse.Namespace) -> None:
+    from .bench import models as bench_models
+    from .bench import record
 
-    print(ptx.HEADER)
-    try:
-        reports = ptx.ptx_suite(progress=lambda line: print(line, flush=True))
-    except ptx.PtxUnavailable as error:
-        raise SystemExit(f"attnzoo bench ptx: {error}") from None
-    if args.out is not None:
-        print(f"wrote {ptx.write_report(reports, args.out, args.argv)}")
-    found = ptx.problems(reports)
-    for problem in found:
-        print(f"PROBLEM: {problem}")
-    if found:
-        raise SystemExit(1)
-
-
-def _timm_model(name: str) -> str:
-    """A timm model name (attnzoo's registered too); otherwise an argparse error listing close names."""
-    message = unknown_model_message(name)
-    if message is not None:
-        raise argparse.ArgumentTypeError(message)
-    return name
-
-
-def _bench_models(args: argparse.Namespace) -> None:
-    precision = args.precision or ("bf16" if args.device.type == "cuda" else "fp32")
-    if args.device.type == "cpu" and precision == "fp16":
+    _check_models(args, args.models)
+    device = _device(args)
+    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
+    if device.type == "cpu" and precision == "fp16":
         args.parser.error("--precision fp16 is for CUDA; on the CPU use fp32 or bf16")
+    path = _json_path(args, device.type)
     results = bench_models.models_suite(
-        args.device,
+        device,
         args.models,
         args.size,
         args.batch,
@@ -133,7 +182,7 @@ def _bench_models(args: argparse.Namespace) -> None:
         args.min_run_time,
     )
     print(bench_models.format_model_table(results))
-    if args.out is not None:
+    if path is not None:
         settings = dict(
             models=args.models,
             size=args.size,
@@ -144,241 +193,213 @@ def _bench_models(args: argparse.Namespace) -> None:
             min_run_time=args.min_run_time,
             threads=torch.get_num_threads(),
         )
-        print(f"wrote {record.write_report('models', args.device, results, args.out, settings, argv=args.argv)}")
+        _write_json(args, path, record.build_report("models", device, results, settings, argv=args.argv))
 
 
-def _block_case(text: str) -> tuple[int, int, int]:
-    """``"56x96x3"`` -> (map size, channels, heads)."""
-    try:
-        size, dim, heads = (int(n) for n in text.split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected SIZExDIMxHEADS such as 56x96x3, got {text!r}") from None
-    if min(size, dim, heads) < 1 or dim % heads:
-        raise argparse.ArgumentTypeError(f"{text!r}: sizes must be >= 1 and DIM divisible by HEADS")
-    return size, dim, heads
+def bench_blocks(args: argparse.Namespace) -> None:
+    from .bench import blocks as bench_blocks
+    from .bench import record
 
-
-def _bench_blocks(args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
-    settings = dict(
-        batch=args.batch,
-        cases=[list(c) for c in args.cases],
-        min_run_time=args.min_run_time,
-        threads=torch.get_num_threads(),
-        mixers=args.mixers,
-        settings={size: bench_blocks.block_settings(size) for size, _, _ in args.cases},
-    )
+    device = _device(args)
+    if args.mixers is not None:
+        known = {key for label, (name, _) in bench_blocks.block_settings(56).items() for key in (label, name)}
+        unknown = [m for m in args.mixers if m not in known]
+        if unknown:
+            choices = ", ".join(sorted(known))
+            args.parser.error(f"--mixers: unknown {', '.join(map(repr, unknown))}; choose from {choices}")
+    path = _json_path(args, device.type)
     results = bench_blocks.blocks_suite(device, args.min_run_time, args.batch, args.cases, args.mixers)
     print(record.format_table(results))
-    if args.out is not None:
-        print(f"wrote {record.write_report('blocks', device, results, args.out, settings, argv=args.argv)}")
+    if path is not None:
+        settings = dict(
+            batch=args.batch,
+            cases=[list(c) for c in args.cases],
+            min_run_time=args.min_run_time,
+            threads=torch.get_num_threads(),
+            mixers=args.mixers,
+            settings={size: bench_blocks.block_settings(size) for size, _, _ in args.cases},
+        )
+        _write_json(args, path, record.build_report("blocks", device, results, settings, argv=args.argv))
 
 
-def _add_output(suite: argparse.ArgumentParser, text: str) -> None:
-    suite.add_argument("--out", type=Path, default=Path("benchmarks"), help=text)
-    suite.add_argument("--no-write", dest="out", action="store_const", const=None, help="print only")
+def bench_ptx(args: argparse.Namespace) -> None:
+    from .bench import ptx
+
+    path = _json_path(args, "cuda")  # the kernels are compiled for CUDA whatever this machine has
+    print(ptx.HEADER)
+    try:
+        reports = ptx.ptx_suite(progress=lambda line: print(line, flush=True))
+    except ptx.PtxUnavailable as error:
+        args.parser.error(str(error))
+    if path is not None:
+        with tempfile.TemporaryDirectory() as folder:  # ptx.write_report names its file itself
+            data = json.loads(ptx.write_report(reports, Path(folder), args.argv).read_text())
+        _write_json(args, path, data)
+    found = ptx.problems(reports)
+    for problem in found:
+        print(f"PROBLEM: {problem}")
+    if found:
+        raise SystemExit(1)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attnzoo", description="attnzoo: efficient-attention vision transformers.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    bench_parser = commands.add_parser("bench", help="time kernels, blocks and models; write JSON to benchmarks/")
-    suites = bench_parser.add_subparsers(dest="suite", required=True)
-    default_device = _default_device()
-    kernels = suites.add_parser(
-        "kernels",
-        help="na2d per backend next to window and full attention (SDPA) at NAT-Tiny's stage shapes; gather_attention",
-        description=(
-            "Forward (no grad) and forward+backward median time and peak memory of na2d (every available backend, "
-            "with and without rpb, dilation 1 and the largest that fits), Swin-style window attention and full "
-            "attention through SDPA, at NAT-Tiny's stage shapes (56:2 28:4 14:8 7:16 heads, d=32, k=7); and "
-            "gather_attention at QuadTree stage-1 and Sparsifiner shapes. Defaults: batch 1 and float32 on the CPU, "
-            "batch 32 and bfloat16 on CUDA; 1 s of timing per measurement (0.1 s with --quick)."
-        ),
-    )
-    kernels.add_argument("--device", type=_device, default=default_device, help=f"default: {default_device}")
-    kernels.add_argument(
-        "--sizes",
-        "--size",
-        nargs="+",
-        type=_positive_int,
-        default=list(bench_kernels.NAT_TINY_STAGES),
-        metavar="SIZE",
-        help="feature-map sides (default: 56 28 14 7; heads from NAT-Tiny unless --heads)",
-    )
-    kernels.add_argument(
-        "--heads", type=_positive_int, default=None, help="heads at every size (default: NAT-Tiny's per size)"
-    )
-    kernels.add_argument("--batch", type=_positive_int, default=None, help="default: 1 on CPU, 32 on CUDA")
-    kernels.add_argument(
-        "--gather-batch", type=_positive_int, default=None, help="gather_attention batch (default: --batch)"
-    )
-    kernels.add_argument("--head-dim", type=_positive_int, default=32)
-    kernels.add_argument("--kernel-size", type=_positive_int, default=7, help="na2d kernel and window-attention window")
-    kernels.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        default=None,
-        help="default: float32 on CPU, bfloat16 on CUDA",
-    )
-    kernels.add_argument(
-        "--backends",
-        nargs="+",
-        choices=BACKENDS,
-        default=None,
-        help="only these backends (default: every available one, except interpreted Triton on the CPU)",
-    )
-    kernels.add_argument(
-        "--gather",
-        nargs="*",
-        choices=list(bench_kernels.GATHER_SHAPES),
-        default=list(bench_kernels.GATHER_SHAPES),
-        metavar="SHAPE",
-        help="gather_attention workloads: quadtree, sparsifiner (default: both; none with an empty list)",
-    )
-    kernels.add_argument(
-        "--quick", action="store_true", help="dilation 1 only, no rpb variants, 0.1 s per measurement by default"
-    )
-    kernels.add_argument(
-        "--min-run-time",
-        type=float,
-        default=None,
-        help="seconds of timing per measurement (default: 1.0, or 0.1 with --quick)",
-    )
-    _add_output(kernels, "folder for the JSON report (default: benchmarks/)")
-    kernels.set_defaults(run=_bench_kernels, parser=kernels)
-
-    models = suites.add_parser(
-        "models",
-        help="inference throughput (images/s) and peak memory of timm models, attnzoo's included",
-        description=(
-            "Median forward time of one batch under torch.inference_mode (autocast for bf16/fp16), as images/s, "
-            "peak memory and parameter count, per timm model (attnzoo's registered models included)."
-        ),
-    )
-    models.add_argument("models", nargs="+", type=_timm_model, metavar="MODEL", help="timm model names")
-    models.add_argument("--size", type=_positive_int, default=224, help="image height = width (default: 224)")
-    models.add_argument("--batch", type=_positive_int, default=8, help="images per batch (default: 8)")
-    models.add_argument(
-        "--precision",
-        choices=list(bench_models.PRECISIONS),
-        default=None,
-        help="fp32, or autocast to bf16/fp16 (default: fp32 on CPU, bf16 on CUDA; fp16 needs CUDA)",
-    )
-    models.add_argument("--compile", action="store_true", help="torch.compile the model (compile time not timed)")
-    models.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="channels_last model and input (default: on)",
-    )
-    models.add_argument("--device", type=_device, default=default_device, help=f"default: {default_device}")
-    models.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per model (default: 1)")
-    _add_output(models, "folder for the JSON report")
-    models.set_defaults(run=_bench_models, parser=models)
-
-    blocks = suites.add_parser("blocks", help="every token mixer next to dense SDPA attention, forward and backward")
-    blocks.add_argument("--device", default=default_device, help=f"torch device (default: {default_device})")
-    blocks.add_argument("--batch", type=_positive_int, default=1)
-    blocks.add_argument(
-        "--cases",
-        nargs="+",
-        type=_block_case,
-        default=[(56, 96, 3), (14, 384, 12)],
-        metavar="SIZExDIMxHEADS",
-        help="map size, channels and heads per case (default: 56x96x3 14x384x12)",
-    )
-    blocks.add_argument("--mixers", nargs="+", default=None, help="only these mixers (labels or create_mixer names)")
-    blocks.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per measurement")
-    _add_output(blocks, "folder for the JSON report")
-    blocks.set_defaults(run=_bench_blocks)
-
-    ptx = suites.add_parser(
-        "ptx",
-        help="compile every Triton kernel for sm_80/sm_90 (no GPU needed): tensor-core instructions, registers, spills",
-        description=(
-            "Compile each Triton kernel of attnzoo.kernels with the launch parameters backend='auto' uses at "
-            "NAT-Tiny's stage-1 shape (B=64, 56x56, 2 heads, d=32, k=7, rpb; forward and backward) and at "
-            "gather_attention's QuadTree and Sparsifiner shapes, in bf16 and fp16, for sm_80 and sm_90, through "
-            "Triton's GPUTarget and its bundled ptxas. Prints and writes per kernel and arch: mma/wgmma "
-            "instructions in the PTX, atomics, registers per thread, spilled bytes and shared memory. Exits with "
-            "status 1 when an na2d kernel has no tensor-core instruction or any kernel spills. "
-            "Run it without TRITON_INTERPRET=1."
-        ),
-    )
-    _add_output(ptx, "folder for ptx.json (default: benchmarks/)")
-    ptx.set_defaults(run=_bench_ptx)
-
-    listing = commands.add_parser("list", help="the models attnzoo registers in timm, with their weights")
-    listing.add_argument("pattern", nargs="?", default="*", help="glob over model names (default: all)")
-    listing.set_defaults(run=_list_models)
-
-    info = commands.add_parser("info", help="a model's pretrained configs (weights URL, license, paper, input size)")
-    info.add_argument("model", help="registered model name, e.g. nat_tiny or nat_tiny.in1k")
-    info.set_defaults(run=_model_info, parser=info)
-
-    export = commands.add_parser(
-        "export",
-        help="a Lightning checkpoint of attnzoo-train -> model.safetensors + config.json that timm loads",
-        description=(
-            "Write OUT_DIR/model.safetensors and OUT_DIR/config.json (timm's pretrained-config layout) from a "
-            "ClassificationTask checkpoint, so that timm.create_model('local-dir:OUT_DIR', pretrained=True) (after "
-            "`import attnzoo`) or timm.create_model(NAME, pretrained=True, num_classes=K, "
-            "pretrained_cfg_overlay=dict(file=OUT_DIR/model.safetensors, num_classes=K)) load it. config.json records "
-            "the model's arguments and the preprocessing it was trained with."
-        ),
-    )
-    export.add_argument("checkpoint", type=Path, metavar="CKPT", help="a .ckpt written by attnzoo-train")
-    export.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created if missing)")
-    export.add_argument("--ema", action="store_true", help="export the EMA weights (runs with ema_decay set)")
-    export.set_defaults(run=_export, parser=export)
-    return parser
+# --- list and info --------------------------------------------------------------------------------------------
 
 
-def _export(args: argparse.Namespace) -> None:
-    from .export import export_checkpoint
+def list_models(args: argparse.Namespace) -> None:
+    import attnzoo
+
+    names = attnzoo.list_models(args.pattern)
+    if not names:
+        args.parser.error(f"no attnzoo model matches {args.pattern!r}")
+    rows = [(name, [t.split(".", 1)[1] for t in timm.list_pretrained(f"{name}.*")]) for name in names]
+    if args.json:
+        print(json.dumps([{"name": name, "tags": tags} for name, tags in rows], indent=2))
+        return
+    width = max(len(n) for n in names)
+    for name, tags in rows:
+        print(f"{name:<{width}}  {', '.join(tags) or '(no released weights)'}")
+
+
+_TOP1 = re.compile(r"(\d+(?:\.\d+)?)% (?:ImageNet-1k )?top-1")
+
+
+def _paper_top1(architecture: str, cfg) -> float | None:
+    """The ImageNet-1k top-1 the paper reports for these weights; ``None`` where no number is stated.
+
+    attnzoo states it in each entrypoint's docstring ("83.2% ImageNet-1k top-1"); the pretrained configs have
+    no field for it. It belongs to the tags with an ImageNet-1k head only (not DiNAT-L's 22k-class weights).
+    """
+    if cfg.num_classes != 1000:
+        return None
+    found = _TOP1.search(timm.models.model_entrypoint(architecture).__doc__ or "")
+    return float(found.group(1)) if found else None
+
+
+def _count(name: str) -> tuple[int, int, list[int]]:
+    """(parameters, MACs, input size) of ``timm.create_model(name)`` at its pretrained config's input size.
+
+    Built on the meta device: no memory for the weights and no arithmetic. A model whose forward the meta
+    device cannot run is counted on the CPU instead.
+    """
+    from .macs import count_macs
+
+    with torch.device("meta"):
+        model = timm.create_model(name).eval()
+    params = sum(p.numel() for p in model.parameters())
+    size = list(model.pretrained_cfg["input_size"])
+    try:
+        macs = count_macs(model, torch.empty(1, *size, device="meta"))
+    except (RuntimeError, NotImplementedError):
+        macs = count_macs(timm.create_model(name).eval(), torch.zeros(1, *size))
+    return params, macs, size
+
+
+def model_info(model: str) -> dict:
+    """What ``attnzoo info`` prints: parameters and GMACs at the default input size, and each weights tag.
+
+    ``model`` is a timm name (attnzoo's registered) or ``NAME.TAG``; a name that is neither raises ``ValueError``
+    with close names.
+    """
+    import attnzoo  # noqa: F401  (registers attnzoo's models)
+
+    architecture, _, tag = model.partition(".")
+    message = unknown_model_message(architecture)
+    if message is not None:
+        raise ValueError(message)
+    tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{architecture}.*")]
+    if tag and tag not in tags:
+        raise ValueError(f"unknown tag {tag!r} of {architecture}; its tags: {', '.join(tags) or 'none'}")
+    params, macs, size = _count(model)
+    info = {
+        "name": model,
+        "architecture": architecture,
+        "params": params,
+        "gmacs": round(macs / 1e9, 3),
+        "input_size": size,
+        "tags": {},
+    }
+    for name in [tag] if tag else tags:
+        cfg = timm.models.get_pretrained_cfg(f"{architecture}.{name}")
+        info["tags"][name] = {
+            "url": cfg.url or None,
+            "hf_hub_id": cfg.hf_hub_id,
+            "license": cfg.license,
+            "paper_top1": _paper_top1(architecture, cfg),
+            "paper_ids": cfg.paper_ids,
+            "input_size": list(cfg.input_size),
+            "num_classes": cfg.num_classes,
+        }
+    return info
+
+
+def show_model_info(args: argparse.Namespace) -> None:
+    try:
+        info = model_info(args.model)
+    except ValueError as error:
+        args.parser.error(str(error))
+    print(json.dumps(info, indent=2))
+
+
+# --- export, push-to-hub, timm scripts ------------------------------------------------------------------------
+
+
+def export(args: argparse.Namespace) -> None:
+    from . import export as exporting
 
     try:
-        out = export_checkpoint(args.checkpoint, args.out_dir, ema=args.ema)
-    except (FileNotFoundError, ValueError) as error:
+        out = exporting.export_checkpoint(args.checkpoint, args.out_dir, ema=args.ema, datasets=args.datasets)
+        tolerance = {} if args.onnx_atol is None else {"atol": args.onnx_atol}
+        onnx = exporting.export_onnx(out, **tolerance) if args.onnx else None
+    except (FileNotFoundError, ValueError, RuntimeError) as error:  # RuntimeError: torch.export cannot trace it
         args.parser.error(str(error))
     config = json.loads((out / "config.json").read_text())
-    print(f"wrote {out / 'model.safetensors'} and {out / 'config.json'}")
+    written = [out / name for name in ("model.safetensors", "config.json", "README.md")] + ([onnx] if onnx else [])
+    print(f"wrote {', '.join(map(str, written))}")
     size = config["pretrained_cfg"]["input_size"]
     print(f"  architecture {config['architecture']}, {config['num_classes']} classes, input {size}")
     print(f"  load: import attnzoo, timm; timm.create_model('local-dir:{out}', pretrained=True)")
 
 
-def _list_models(args: argparse.Namespace) -> None:
-    import attnzoo
+def push_to_hub(args: argparse.Namespace) -> None:
+    from .hub import push_to_hub as push
 
-    names = attnzoo.list_models(args.pattern)
-    if not names:
-        raise SystemExit(f"no attnzoo model matches {args.pattern!r}")
-    width = max(len(n) for n in names)
-    for name in names:
-        tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{name}.*")]
-        print(f"{name:<{width}}  {', '.join(tags) or '(no released weights)'}")
-
-
-def _model_info(args: argparse.Namespace) -> None:
-    import attnzoo
-
-    name = args.model.split(".", 1)[0]
-    if name not in attnzoo.list_models():
-        close = attnzoo.list_models(f"*{name.split('_')[0]}*")
-        args.parser.error(f"{args.model!r} is not an attnzoo model" + (f"; close: {', '.join(close)}" if close else ""))
-    tags = [args.model] if "." in args.model else timm.list_pretrained(f"{name}.*") or [name]
-    for tag in tags:
-        cfg = timm.models.get_pretrained_cfg(tag)
-        if cfg is None:
-            args.parser.error(f"{tag!r} has no pretrained config; tags: {', '.join(timm.list_pretrained(name + '.*'))}")
-        print(json.dumps({"name": tag, **cfg.to_dict()}, indent=2, default=str))
+    try:
+        url = push(
+            args.checkpoint,
+            args.repo_id,
+            ema=args.ema,
+            private=args.private,
+            revision=args.revision,
+            token=args.token,
+            commit_message=args.message,
+            datasets=args.datasets,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        args.parser.error(str(error))
+    print(url)
 
 
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    args.argv = argv  # the reports record the exact command line
-    args.run(args)
+def timm_script(args: argparse.Namespace) -> None:
+    from .timm_scripts import ScriptNotFoundError, run_script
+
+    try:
+        run_script(args.script, args.args)
+    except ScriptNotFoundError as error:  # the script's own errors are its to report
+        args.parser.error(str(error))
+
+
+COMMANDS = {
+    "bench_kernels": bench_kernels,
+    "bench_models": bench_models,
+    "bench_blocks": bench_blocks,
+    "bench_ptx": bench_ptx,
+    "list_models": list_models,
+    "model_info": show_model_info,
+    "export": export,
+    "push_to_hub": push_to_hub,
+    "timm_script": timm_script,
+}
+"""``args.run`` (set by the parser) -> the function that runs the command."""
+
+if __name__ == "__main__":  # python -m attnzoo.tools.cli ...
+    main(sys.argv[1:])

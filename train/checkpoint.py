@@ -1,8 +1,9 @@
 """A ``ClassificationTask`` checkpoint read without Lightning: the interface the tools floor (``attnzoo export``) uses.
 
-The layout (``hyper_parameters``, ``state_dict`` under ``model.`` / ``model_ema.module.``, ``data_config``) is
-the task's, so it is read here, next to the task. ``torch.load(weights_only=True)``: a Lightning checkpoint
-holds only tensors and plain containers, so nothing in it is executed. This module never imports Lightning.
+The layout (``hyper_parameters``, ``state_dict`` under ``model.`` / ``model_ema.module.``, ``data_config``,
+``label_names``) is the task's, so it is read here, next to the task. ``torch.load(weights_only=True)``: a
+Lightning checkpoint holds only tensors and plain containers, so nothing in it is executed. This module never
+imports Lightning.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ _PREFIXES = {False: "model.", True: "model_ema.module."}
 
 @dataclass
 class CheckpointContents:
-    """The model of a ``ClassificationTask`` checkpoint: its timm name, arguments, classes, weights, preprocessing."""
+    """The model of a ``ClassificationTask`` checkpoint: its timm name, arguments, classes, weights, preprocessing.
+
+    ``label_names``: the class names by class index (an ImageFolder run's class folders), ``None`` when the run
+    did not know them (or the checkpoint predates them).
+    """
 
     model: str
     model_kwargs: dict[str, Any]
@@ -29,6 +34,7 @@ class CheckpointContents:
     state_dict: dict[str, torch.Tensor]
     data_config: dict[str, Any] = field(default_factory=dict)
     ema: bool = False
+    label_names: list[str] | None = None
 
 
 def read_checkpoint(path: str | Path, ema: bool = False) -> CheckpointContents:
@@ -57,6 +63,11 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> CheckpointContents:
     num_classes = hparams.get("num_classes")
     if num_classes is None:  # the model's default head; its size is in the weights
         num_classes = timm.create_model(hparams["model"], pretrained=False, **model_kwargs).num_classes
+    label_names = ckpt.get("label_names")
+    if label_names is not None:
+        if not isinstance(label_names, (list, tuple)) or len(label_names) != int(num_classes):
+            raise ValueError(f"checkpoint: {str(path)!r}: label_names is not a list of its {num_classes} class names")
+        label_names = [str(name) for name in label_names]
     return CheckpointContents(
         model=hparams["model"],
         model_kwargs=model_kwargs,
@@ -64,4 +75,5 @@ def read_checkpoint(path: str | Path, ema: bool = False) -> CheckpointContents:
         state_dict=state_dict,
         data_config=dict(ckpt.get("data_config") or {}),
         ema=ema,
+        label_names=label_names,
     )

@@ -171,6 +171,8 @@ class ClassificationTask(LightningModule):
         if self.num_classes < 1:
             raise ValueError(f"model {model!r} was built without a classifier (num_classes=0)")
         self._pretrained_loaded = False
+        # the class names, saved in checkpoints (from the data module) and restored from them; ``None``: unknown
+        self.label_names: list[str] | None = None
 
         if freeze_backbone:
             heads = self.model.get_classifier()
@@ -357,15 +359,29 @@ class ClassificationTask(LightningModule):
         self._evaluate(batch, self.test_metrics, getattr(self, "test_ema_metrics", None), "test")
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        """Class probabilities ``(B, num_classes)`` of the trained (not EMA) weights."""
+        """Class probabilities ``(B, num_classes)`` of the trained (not EMA) weights; ``attnzoo-train predict``
+        writes their top-k with class names to a CSV (:class:`~attnzoo.train.predict_writer.PredictionWriter`)."""
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self.model(x).softmax(dim=-1)
 
     # --- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record the preprocessing the weights were trained with, for ``attnzoo export``'s config.json."""
+        """Record the preprocessing the weights were trained with and the class names (the data module's, else
+        those restored from the checkpoint the run started from), for ``attnzoo export`` and ``predict``.
+
+        Top-level keys of plain types, so that ``read_checkpoint`` finds them without Lightning or the data module.
+        """
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         data_config = getattr(datamodule, "data_config", None)
         if data_config:
             checkpoint["data_config"] = {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()}
+        names = getattr(datamodule, "label_names", None)
+        names = names if names and len(names) == self.num_classes else self.label_names
+        if names:
+            checkpoint["label_names"] = [str(name) for name in names]
         checkpoint["timm_version"] = timm.__version__
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The class names the checkpoint's weights were trained with (``None`` in a checkpoint without them)."""
+        names = checkpoint.get("label_names")
+        self.label_names = [str(name) for name in names] if names else None

@@ -1,10 +1,12 @@
 """``attnzoo-train``: a LightningCLI (``fit``, ``validate``, ``test``, ``predict``) whose YAML picks the task and data.
 
     attnzoo-train fit --config configs/demo/digits.yaml
-    attnzoo-train fit --config configs/classification/nat_mini.yaml --data.root /data/imagenet
+    attnzoo-train fit --config nat_mini --data.root /data/imagenet   # a shipped recipe, by name
     attnzoo-train fit --config ... --ckpt_path last          # resume an interrupted run
     attnzoo-train validate --config ... --ckpt_path RUN/checkpoints/best.ckpt
+    attnzoo-train predict --config ... --ckpt_path RUN/checkpoints/best.ckpt   # RUN/predictions.csv
     attnzoo-train fit --config ... --print_config            # the full resolved config
+    attnzoo-train recipes [PATTERN]                          # the shipped recipes' names
 
 What it adds to Lightning's: ``data.num_classes`` linked into the task; ``best.ckpt`` (``checkpoint``, by
 ``val/acc1`` unless the YAML sets ``checkpoint.monitor``) and ``last.ckpt`` (``last_checkpoint``: each epoch,
@@ -12,13 +14,19 @@ every ``every_n_train_steps`` if set, at the end, on Ctrl-C or an exception) und
 ``default_root_dir/checkpoints``, never with a ``-v1`` suffix; one run per folder (a lock, and no mixing with an
 earlier run's checkpoints without ``--ckpt_path`` or ``--overwrite true``); every checkpoint read with
 ``weights_only=True`` and written atomically; CSV and TensorBoard loggers by default; no automatic
-``--optimizer``/``--lr_scheduler`` arguments (a torch scheduler would drop timm's layer-wise lr decay).
+``--optimizer``/``--lr_scheduler`` arguments (a torch scheduler would drop timm's layer-wise lr decay);
+``--config NAME`` finds a recipe shipped in the wheel (:mod:`.recipes`); ``predict`` writes the top-k classes with
+their names to a CSV (``predictions``: :class:`~.predict_writer.PredictionWriter`); a bad task or data argument
+(``--model.init_args.model nat_minii``) ends in one line naming it, not in the parser's usage (with
+``JSONARGPARSE_DEBUG=true``: the traceback).
 """
 
 from __future__ import annotations
 
 import fcntl
+import inspect
 import os
+import sys
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +37,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from .checkpoint_io import AtomicCheckpointIO, remove_partial_writes
+from .predict_writer import PredictionWriter
+from .recipes import RecipeError, describe_recipes, resolve_config_args
 
 __all__ = ["AttnzooCLI", "LastCheckpoint", "CommandError", "main"]
 
@@ -37,7 +47,41 @@ LOCK_NAME = ".attnzoo-train.lock"
 
 class CommandError(ValueError):
     """The command cannot run as given: its run folder is in use or holds another run's checkpoints, there is no
-    ``last.ckpt`` to resume, or it asks to read checkpoints with ``weights_only=False``."""
+    ``last.ckpt`` to resume, it asks to read checkpoints with ``weights_only=False``, its ``--config`` names no file
+    or recipe, or a task or data module refused an argument. ``main`` prints it as one line."""
+
+
+CONFIG_HELP = (
+    "A YAML file, or the name of a recipe shipped with attnzoo (nat_tiny, classification/nat_tiny, digits); "
+    "`attnzoo-train recipes` lists them."
+)
+
+
+def argument_error(error: BaseException) -> str | None:
+    """One line for an error a task or data module raised on its arguments while the CLI built it, else ``None``.
+
+    jsonargparse wraps such an error (``raise ... from error``) in a message that repeats the whole config; the
+    constructor's own error is the innermost cause. Its leading argument name gets the CLI prefix
+    (``model.init_args.``) when the constructor that raised it is found in the traceback.
+    """
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    if cause is error or not isinstance(cause, (ValueError, TypeError, FileNotFoundError)):
+        return None
+    message = str(cause).strip()
+    groups = {LightningModule: "model", LightningDataModule: "data"}
+    frame = cause.__traceback__
+    while frame is not None:
+        owner = frame.tb_frame.f_locals.get("self") if frame.tb_frame.f_code.co_name == "__init__" else None
+        group = next((key for cls, key in groups.items() if isinstance(owner, cls)), None)
+        if group is not None:
+            name = message.split(":", 1)[0].split(" ", 1)[0]
+            if name in inspect.signature(type(owner).__init__).parameters:
+                message = f"{group}.init_args.{message}"
+            break
+        frame = frame.tb_next
+    return message
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -64,7 +108,49 @@ def default_loggers(default_root_dir: str | None) -> list[Any]:
 
 
 class AttnzooCLI(LightningCLI):
-    """LightningCLI with attnzoo's checkpointing, logging and the ``num_classes`` link (see the module doc)."""
+    """LightningCLI with attnzoo's checkpointing, logging, recipes, predictions and errors (see the module doc)."""
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        parser = super().init_parser(**kwargs)
+        for action in parser._actions:
+            if "--config" in action.option_strings:
+                action.help = CONFIG_HELP
+        return parser
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        """``predict`` alone gets the CSV writer (``--predictions.path``, ``--predictions.top_k``); the
+        predictions are not also kept in memory (the CLI would discard them)."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_lightning_class_args(PredictionWriter, "predictions")
+            parser.set_defaults({"return_predictions": False})
+        return parser
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """``--config NAME`` becomes the path of the shipped recipe of that name (:func:`.recipes.resolve_config`)."""
+        if args is None or isinstance(args, (list, tuple)):
+            given = sys.argv[1:] if args is None else list(args)
+            try:
+                resolved = resolve_config_args(given)
+            except RecipeError as error:
+                raise CommandError(str(error)) from None
+            if resolved != given:
+                if args is None:  # not passed on as ``args``: Lightning warns when both args and sys.argv are set
+                    self.config = parser.parse_args(resolved)
+                    return
+                args = resolved
+        super().parse_arguments(parser, args)
+
+    def instantiate_classes(self) -> None:
+        """A task or data module refusing its arguments ends in one line naming it (:func:`argument_error`)."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            debug = os.environ.get("JSONARGPARSE_DEBUG", "").lower() == "true"  # jsonargparse's own switch
+            message = None if debug else argument_error(error)
+            if message is None:
+                raise
+            raise CommandError(message) from error
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -203,8 +289,26 @@ def build_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) ->
     )
 
 
+def print_recipes(args: list[str]) -> None:
+    """``attnzoo-train recipes [PATTERN]``: the shipped recipes whose names match PATTERN, one per line."""
+    usage = "usage: attnzoo-train recipes [PATTERN]   (the names --config accepts, with a summary)"
+    if args[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return
+    if len(args) > 1 or (args and args[0].startswith("-")):
+        raise SystemExit(usage)
+    lines = describe_recipes(args[0] if args else None)
+    if not lines:
+        raise SystemExit(f"attnzoo-train: error: no recipe name matches {args[0]!r}")
+    print("\n".join(lines))
+
+
 def main(args: list[str] | None = None) -> None:
     """Console script ``attnzoo-train``; returns ``None`` so that a successful run exits with status 0."""
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["recipes"]:
+        print_recipes(argv[1:])
+        return
     try:
         build_cli(args)
     except CommandError as error:

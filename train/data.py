@@ -30,20 +30,24 @@ class NamedImageDataset(ImageDataset):
     """timm's ImageDataset, but an unreadable image (a truncated JPEG, say) is skipped with its file name.
 
     timm skips it with only its index; here timm is told to give up at once and the skip is done here,
-    where the file name is known.
+    where the file name is known. ``with_paths``: samples are ``(image, target, absolute path)``, the path of the
+    image actually read, so that predictions are written next to the right file name.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, with_paths: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_retries = 1
+        self.with_paths = with_paths
 
     def __getitem__(self, index: int):
         for attempt in range(_MAX_SKIPS):
             candidate = (index + attempt) % len(self)
             try:
-                return super().__getitem__(candidate)
+                sample = super().__getitem__(candidate)
             except RuntimeError as error:
                 _log.warning("skipped unreadable image %s (%s)", self.filename(candidate, absolute=True), error)
+                continue
+            return (*sample, self.filename(candidate, absolute=True)) if self.with_paths else sample
         raise RuntimeError(f"{_MAX_SKIPS} consecutive images from index {index} could not be read")
 
 
@@ -71,7 +75,9 @@ class ImageFolderData(SplitDataModule):
             ``validation/``), each with one sub-folder per class.
         num_classes: number of classes; ``None``: the class folders of the training split are counted now
             (the CLI links this to the task's ``num_classes``).
-        train_split, val_split: folder names; ``test_split`` and ``predict_split`` default to ``val_split``.
+        train_split, val_split: folder names; ``test_split`` and ``predict_split`` default to ``val_split``. The
+            predict split may also hold its images without class folders, and needs no training split beside it
+            (``predict --ckpt_path``: the class names are the checkpoint's).
         batch_size: per process (per GPU). ``eval_batch_size`` defaults to ``batch_size``.
         num_workers, pin_memory, persistent_workers: DataLoader settings (memory is pinned only when CUDA is
             available).
@@ -181,13 +187,27 @@ class ImageFolderData(SplitDataModule):
         )
 
     # --- datasets ---------------------------------------------------------------------------------
+    @property
+    def label_names(self) -> list[str] | None:
+        """The class folder names in class-index order (known after ``setup``); tasks record them in checkpoints."""
+        if self.class_to_idx is None:
+            return None
+        return sorted(self.class_to_idx, key=self.class_to_idx.__getitem__)
+
     def _dataset(self, split: str, what: str, training: bool) -> NamedImageDataset:
         folder = _resolve_split(self.root, split, what)
-        unknown = set(_class_folders(folder)) - set(self.class_to_idx)
-        if unknown:
-            raise ValueError(f"{what}: {str(folder)!r} has classes the training split lacks: {sorted(unknown)[:5]}")
+        found = set(_class_folders(folder))
+        known = set(self.class_to_idx or ())
+        predict = what == "predict_split"
+        if found - known and not predict:
+            raise ValueError(
+                f"{what}: {str(folder)!r} has classes the training split lacks: {sorted(found - known)[:5]}"
+            )
+        # predict: images in the training classes' folders keep their targets; any other layout (loose images,
+        # other folders) is read as is, its targets unused (the CSV shows the predictions, not the targets)
+        class_map = self.class_to_idx if not predict or (found and found <= known) else None
         transform = self.train_transform() if training else self.eval_transform()
-        dataset = NamedImageDataset(str(folder), class_map=self.class_to_idx, transform=transform)
+        dataset = NamedImageDataset(str(folder), class_map=class_map, transform=transform, with_paths=predict)
         if len(dataset) == 0:
             raise ValueError(f"{what}: {str(folder)!r} holds no images")
         return dataset
@@ -200,14 +220,20 @@ class ImageFolderData(SplitDataModule):
             self.data_config = self.resolve_data_config(self._model_pretrained_cfg())
             rank_zero_info(f"data config: {self.data_config}")
         if self.class_to_idx is None:
-            # timm's order (natural sort of the class folder names), fixed by the training split for all splits
-            classes = sorted(_class_folders(_resolve_split(self.root, hp.train_split, "train_split")), key=natural_key)
-            if len(classes) != self.num_classes:
-                raise ValueError(
-                    f"num_classes is {self.num_classes} but {str(self.root / hp.train_split)!r} has "
-                    f"{len(classes)} class folders"
-                )
-            self.class_to_idx = {name: index for index, name in enumerate(classes)}
+            try:
+                train = _resolve_split(self.root, hp.train_split, "train_split")
+            except FileNotFoundError:
+                if stage != "predict":
+                    raise
+                train = None  # predicting from a checkpoint, which knows its classes
+            if train is not None:
+                # timm's order (natural sort of the class folder names), fixed by the training split for all splits
+                classes = sorted(_class_folders(train), key=natural_key)
+                if len(classes) != self.num_classes:
+                    raise ValueError(
+                        f"num_classes is {self.num_classes} but {str(train)!r} has {len(classes)} class folders"
+                    )
+                self.class_to_idx = {name: index for index, name in enumerate(classes)}
         super().setup(stage)
 
     def split_names(self) -> dict[str, str]:

@@ -17,6 +17,7 @@ from attnzoo.tools import cli
 from attnzoo.tools.bench import blocks as bench_blocks
 from attnzoo.tools.bench import kernels as bench_kernels
 from attnzoo.tools.bench import models as bench_models
+from attnzoo.tools.bench import record
 
 
 def _cases(report: dict) -> set[tuple[str, str, str]]:
@@ -42,8 +43,9 @@ def test_na2d_dilations_are_one_and_the_largest_that_fits():
 
 
 def test_bench_kernels_quick_writes_every_case_with_summary(tmp_path, capsys):
-    cli.main(["bench", "kernels", "--sizes", "7", "--quick", "--min-run-time", "0.01", "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "kernels-cpu.json").read_text())
+    argv = ["bench", "kernels", "--device", "cpu", "--sizes", "7", "--quick", "--min-run-time", "0.01"]
+    cli.main([*argv, "--json", str(tmp_path / "reports" / "kernels-{device}.json")])
+    report = json.loads((tmp_path / "reports" / "kernels-cpu.json").read_text())
     assert report["device_type"] == "cpu" and "CPU" in report["device"]
     assert report["versions"]["torch"] and "natten" in report["versions"] and "timm" in report["versions"]
     assert report["command"].startswith("attnzoo bench kernels")
@@ -67,17 +69,19 @@ def test_bench_kernels_quick_writes_every_case_with_summary(tmp_path, capsys):
     assert {s["shape"] for s in report["summary"] if s["kind"] == "gather_attention"} == {"quadtree", "sparsifiner"}
     out = capsys.readouterr().out
     assert "median ms" in out and "na2d (" in out and "/ window attention" in out
+    assert f"wrote {tmp_path / 'reports' / 'kernels-cpu.json'}" in out
 
 
 def test_bench_kernels_full_mode_covers_rpb_and_largest_dilation(capsys):
     cli.main(
         [
             "bench", "kernels", "--sizes", "6", "--kernel-size", "3", "--heads", "1", "--head-dim", "8",
-            "--backends", "torch", "--gather", "--min-run-time", "0.01", "--no-write",
+            "--backends", "torch", "--gather", "--min-run-time", "0.01",
         ]
     )  # fmt: skip
     out = capsys.readouterr().out
     assert "na2d+rpb" in out and "dilation=2" in out and "gather_attention" not in out
+    assert "wrote" not in out  # no --json, no file
 
 
 def test_backend_that_declines_backward_keeps_its_forward_and_records_why(monkeypatch):
@@ -112,14 +116,56 @@ def test_backend_that_declines_backward_keeps_its_forward_and_records_why(monkey
 )
 def test_bench_kernels_rejects_bad_options_clearly(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["bench", "kernels", "--no-write", *argv])
+        cli.main(["bench", "kernels", *argv])
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("attnzoo bench kernels: error: ")
+
+
+def test_bench_refuses_to_overwrite_a_report_before_measuring(tmp_path, monkeypatch, capsys):
+    """An existing --json file stops the command before any timing; --force replaces it; a folder is refused."""
+    existing = tmp_path / "blocks-cpu.json"
+    existing.write_text("committed numbers")
+    monkeypatch.setattr(bench_blocks, "blocks_suite", lambda *a: pytest.fail("measured although it cannot write"))
+    argv = ["bench", "blocks", "--device", "cpu", "--cases", "8x16x2", "--json"]
+    for target, message in [
+        (str(tmp_path / "blocks-{device}.json"), f"--json: {existing} exists; pass --force to overwrite it"),
+        (str(tmp_path), f"--json: {tmp_path} is a folder"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*argv, target])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert existing.read_text() == "committed numbers"
+    monkeypatch.setattr(bench_blocks, "blocks_suite", lambda *a: [])
+    cli.main([*argv, str(existing), "--force"])
+    assert json.loads(existing.read_text())["results"] == []
+
+
+def test_write_json_creates_folders_and_never_replaces_silently(tmp_path):
+    path = tmp_path / "a" / "b" / "report.json"
+    assert record.write_json(path, {"x": 1}) == path and json.loads(path.read_text()) == {"x": 1}
+    with pytest.raises(FileExistsError):
+        record.write_json(path, {"x": 2})
+    record.write_json(path, {"x": 3}, force=True)
+    assert json.loads(path.read_text()) == {"x": 3}
 
 
 def test_bench_blocks_times_every_mixer_next_to_dense_attention(tmp_path):
-    cli.main(["bench", "blocks", "--cases", "8x16x2", "--min-run-time", "0.01", "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "blocks-cpu.json").read_text())
+    cli.main(
+        [
+            "bench",
+            "blocks",
+            "--device",
+            "cpu",
+            "--cases",
+            "8x16x2",
+            "--min-run-time",
+            "0.01",
+            "--json",
+            str(tmp_path / "b.json"),
+        ]
+    )
+    report = json.loads((tmp_path / "b.json").read_text())
     labels = {r["case"] for r in report["results"]}
     assert labels == {"dense (SDPA)", *bench_blocks.block_settings(8)}
     assert {r["mode"] for r in report["results"]} == {"forward (no grad)", "forward+backward"}
@@ -127,9 +173,9 @@ def test_bench_blocks_times_every_mixer_next_to_dense_attention(tmp_path):
 
 
 def test_bench_models_reports_throughput_params_and_memory(tmp_path, capsys):
-    argv = ["bench", "models", "resnet18", "--size", "32", "--batch", "2", "--min-run-time", "0.01"]
-    cli.main([*argv, "--out", str(tmp_path)])
-    report = json.loads((tmp_path / "models-cpu.json").read_text())
+    argv = ["bench", "models", "resnet18", "--device", "cpu", "--size", "32", "--batch", "2", "--min-run-time", "0.01"]
+    cli.main([*argv, "--json", str(tmp_path / "models.json")])
+    report = json.loads((tmp_path / "models.json").read_text())
     assert report["suite"] == "models" and report["command"].startswith("attnzoo")
     assert report["settings"]["precision"] == "fp32" and report["versions"]["timm"]
     (row,) = report["results"]
@@ -168,17 +214,17 @@ def test_bench_models_builds_fixed_size_models_for_the_requested_size(monkeypatc
     [
         (["resnt18"], ["unknown model 'resnt18'", "resnet18"]),
         (["convnext_tinyy"], ["close matches", "convnext_tiny"]),
-        (["resnet18", "--precision", "fp16"], ["fp16", "CUDA"]),
+        (["nat_tinyy"], ["unknown model 'nat_tinyy'", "nat_tiny"]),
+        (["resnet18", "--precision", "fp16", "--device", "cpu"], ["fp16", "CUDA"]),
     ],
 )
-def test_bench_models_rejects_bad_input_without_a_traceback(argv, messages, capsys):
-    if "fp16" in argv and torch.cuda.is_available():
-        argv = [*argv, "--device", "cpu"]
+def test_bench_models_rejects_bad_input_in_one_line(argv, messages, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["bench", "models", "--no-write", *argv])
+        cli.main(["bench", "models", *argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and all(m in err for m in messages)
+    assert err.startswith("attnzoo bench models: error: ") and err.count("\n") == 1
+    assert all(m in err for m in messages)
 
 
 def test_gpu_check_script_refuses_a_machine_without_cuda(tmp_path):

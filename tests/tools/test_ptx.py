@@ -23,7 +23,8 @@ if triton_na2d.triton is None:
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("ptx")
     env = {**os.environ, "TRITON_INTERPRET": "0"}
-    command = [sys.executable, "-c", "from attnzoo.tools.cli import main; main()", "bench", "ptx", "--out", str(out)]
+    launch = "from attnzoo.tools.cli import main; main()"
+    command = [sys.executable, "-c", launch, "bench", "ptx", "--json", str(out / "ptx.json")]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return json.loads((out / "ptx.json").read_text()), result.stdout

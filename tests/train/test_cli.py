@@ -7,18 +7,22 @@ import math
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import timm
 import torch
+import yaml
 
 from attnzoo.tools import cli as tools_cli
 from attnzoo.tools.export import export_checkpoint
 from attnzoo.train import ClassificationTask
 from attnzoo.train.checkpoint import read_checkpoint
-from attnzoo.train.cli import build_cli
+from attnzoo.train.cli import build_cli, main
 from tests.train.conftest import fit_args, metrics_rows
 from tests.train.helpers import TINY_NAT
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def _column(rows, key: str) -> list[float]:
@@ -70,6 +74,7 @@ def test_checkpoint_reads_without_lightning_objects(trained):
     assert contents.model == "nat_mini" and contents.num_classes == 3
     assert contents.model_kwargs["depths"] == TINY_NAT["depths"]
     assert contents.data_config["input_size"] == [3, 32, 32]
+    assert contents.label_names == ["circle", "square", "stripes"]  # the class folders, by class index
     assert all(not k.startswith(("model.", "model_ema.")) for k in contents.state_dict)
 
 
@@ -156,3 +161,32 @@ def test_export_needs_no_lightning(trained, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+def test_checkpoint_label_names_must_fit_the_classes(trained, tmp_path):
+    ckpt = torch.load(trained[0] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    ckpt["label_names"] = ["circle", "square"]
+    torch.save(ckpt, tmp_path / "bad.ckpt")
+    with pytest.raises(ValueError, match="label_names is not a list of its 3 class names"):
+        read_checkpoint(tmp_path / "bad.ckpt")
+
+
+@pytest.mark.parametrize("where", ["flag", "yaml", "backbone"])
+def test_a_mistyped_model_name_ends_in_one_line_with_close_names(where, tmp_path):
+    """Not jsonargparse's usage and config dump: one line naming the argument and the close model names."""
+    if where == "flag":
+        args = ["--config", "digits", "--model.init_args.model", "nat_minii"]
+    elif where == "yaml":
+        config = yaml.safe_load((CONFIGS / "demo" / "digits.yaml").read_text())
+        config["model"]["init_args"]["model"] = "nat_minii"
+        (tmp_path / "typo.yaml").write_text(yaml.safe_dump(config))
+        args = ["--config", str(tmp_path / "typo.yaml")]
+    else:
+        args = ["--config", "demo/detection", "--model.init_args.backbone", "nat_minii"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *args, f"--trainer.default_root_dir={tmp_path}"])
+    message = str(exit_info.value.code)
+    key = "backbone" if where == "backbone" else "model"
+    assert message.startswith(f"attnzoo-train: error: model.init_args.{key}: unknown model 'nat_minii'")
+    assert "\n" not in message and "close matches: nat_mini" in message
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # it stopped before the run started

@@ -15,7 +15,6 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from torch.utils import benchmark as torch_benchmark
 
 FORWARD = "forward (no grad)"
 FORWARD_BACKWARD = "forward+backward"
@@ -83,7 +82,13 @@ class PeakMemory:
 
 
 def time_ms(fn: Callable[[], object], min_run_time: float) -> float:
-    """Median wall time of ``fn`` in milliseconds (CUDA-synchronised by torch.utils.benchmark)."""
+    """Median wall time of ``fn`` in milliseconds (CUDA-synchronised by torch.utils.benchmark).
+
+    torch.utils.benchmark is imported here, not with this module: it imports torch.utils.cpp_extension, whose
+    import logs a CUDA_HOME warning on machines without CUDA, and only timing needs it.
+    """
+    from torch.utils import benchmark as torch_benchmark
+
     fn()  # warm-up: lazy initialisation, autotuning, caches
     timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn})
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
@@ -140,21 +145,19 @@ def run_case(
     return results
 
 
-def write_report(
+def build_report(
     suite: str,
     device: torch.device,
     results: list,
-    out_dir: Path,
     settings: dict,
     extra: dict | None = None,
     argv: list[str] | None = None,
-) -> Path:
-    """Write results (dataclasses) with device, versions, command line and ``extra`` keys; return the file's path.
+) -> dict:
+    """Results (dataclasses) with device, versions, command line and ``extra`` keys: the benchmarks/*.json layout.
 
     ``argv``: the arguments after ``attnzoo`` (default ``sys.argv[1:]``).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = {
+    return {
         "suite": suite,
         "device": device_description(device),
         "device_type": device.type,
@@ -166,8 +169,17 @@ def write_report(
         "results": [asdict(r) for r in results],
         **(extra or {}),
     }
-    path = out_dir / f"{suite}-{device.type}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def write_json(path: Path, data: dict, force: bool = False) -> Path:
+    """Write ``data`` to ``path`` (folders created); an existing file is a ``FileExistsError`` unless ``force``.
+
+    A report is a measurement that took minutes and may be committed, so replacing one must be asked for.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w" if force else "x") as handle:  # "x": the check and the creation are one step
+        handle.write(json.dumps(data, indent=2) + "\n")
     return path
 
 

@@ -1,0 +1,1 @@
+"""The training recipes (YAML), shipped in the wheel as ``attnzoo.configs`` so ``--config NAME`` finds them."""

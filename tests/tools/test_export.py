@@ -1,0 +1,198 @@
+"""``attnzoo export``: class names in config.json, the model card, and ONNX checked against eager PyTorch."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from attnzoo.tools import model_card
+from attnzoo.tools.export import ONNX_ATOL, check_onnx, export_checkpoint, export_onnx
+from attnzoo.train.checkpoint import read_checkpoint
+
+CLASSES = ("cat", "dog", "zebra")  # already in timm's (natural) order of class folders
+# one stage of 3x3 neighbourhood attention: the cheapest attnzoo model that still runs na2d (and exports fast)
+ONE_STAGE_NAT = {"embed_dim": 16, "depths": [1], "num_heads": [1], "mlp_ratio": 2.0, "kernel_size": 3}
+_RUN: dict[str, Path] = {}
+
+
+def tiny_run(tmp_path_factory) -> Path:
+    """Two epochs of a one-stage NAT with an EMA on a generated 3-class ImageFolder, through ``attnzoo-train``.
+
+    Made once per session (``test_hub`` uses it too): a real Lightning run folder, with its checkpoints' callback
+    state and CSV log, is what the card reads.
+    """
+    if "run" not in _RUN:
+        from attnzoo.train.cli import build_cli
+        from tests.train.conftest import fit_args
+
+        root = tmp_path_factory.mktemp("classes")
+        rng = np.random.default_rng(0)
+        for split, count in (("train", 4), ("val", 2)):
+            for index, name in enumerate(CLASSES):
+                (root / split / name).mkdir(parents=True)
+                for i in range(count):
+                    image = rng.integers(0, 50, size=(24, 24, 3), dtype=np.uint8)
+                    image[..., index] += 150  # one colour per class: learnable, not constant
+                    Image.fromarray(image).save(root / split / name / f"{i}.png")
+        run_dir = tmp_path_factory.mktemp("run")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            extra = ["--trainer.max_epochs=2", "--data.batch_size=4", "--model.ema_decay=0.5"]
+            build_cli(["fit", *fit_args(root, run_dir, *extra, model="nat_mini", kwargs=ONE_STAGE_NAT)])
+        finally:
+            torch.set_num_threads(threads)
+        _RUN["run"] = run_dir
+    return _RUN["run"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tiny_run(tmp_path_factory)
+
+
+def _last_validation(run_dir: Path) -> dict[str, float]:
+    with open(run_dir / "csv" / "version_0" / "metrics.csv") as f:
+        rows = [row for row in csv.DictReader(f) if row.get("val/acc1")]
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
+
+
+def test_export_writes_class_names_that_timm_reads_back(run, tmp_path):
+    out = export_checkpoint(run / "checkpoints" / "last.ckpt", tmp_path / "export")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["label_names"] == list(CLASSES)
+    model = timm.create_model(f"local-dir:{out}", pretrained=True)
+    assert model.pretrained_cfg["label_names"] == list(CLASSES)
+    weights = read_checkpoint(run / "checkpoints" / "last.ckpt").state_dict
+    assert all(torch.equal(value, weights[key]) for key, value in model.state_dict().items())
+
+
+def test_card_states_license_paper_run_metrics_and_data(run, tmp_path):
+    out = export_checkpoint(
+        run / "checkpoints" / "last.ckpt", tmp_path / "export", model_name="tiny-nat", repo_id="org/tiny-nat"
+    )
+    card = ModelCard.load(out / "README.md")
+    assert card.data.library_name == "timm" and card.data.license == "mit"
+    assert {"image-classification", "timm", "attnzoo"} <= set(card.data.tags)
+    scores = {result.metric_name: result.metric_value for result in card.data.eval_results}
+    logged = _last_validation(run)
+    assert scores["top-1 accuracy (validation)"] == pytest.approx(logged["val/acc1"], abs=1e-6)
+    assert scores["top-5 accuracy (validation)"] == pytest.approx(logged["val/acc5"], abs=1e-6)
+    text = card.text
+    assert "arXiv:2204.07143" in text and "Ali Hassani" in text and "@inproceedings{" in text
+    assert "`ImageFolderData`" in text and all(f"`{name}`" in text for name in CLASSES)
+    assert 'timm.create_model("hf-hub:org/tiny-nat", pretrained=True)' in text
+    assert "apache" not in card.content.lower()
+    assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["license"] == "mit"
+
+    ema = ModelCard.load(export_checkpoint(run / "checkpoints" / "last.ckpt", tmp_path / "ema", ema=True) / "README.md")
+    ema_scores = {result.metric_name: result.metric_value for result in ema.data.eval_results}
+    assert ema_scores["top-1 accuracy (validation)"] == pytest.approx(logged["val/ema_acc1"], abs=1e-6)
+    assert "exponential moving average" in ema.text
+
+
+def test_card_scores_the_checkpoint_it_exports_also_outside_its_run_folder(run, tmp_path):
+    """best.ckpt may be older than the last validation: its own score, from the log or from ModelCheckpoint."""
+    best = run / "checkpoints" / "best.ckpt"
+    state = torch.load(best, map_location="cpu", weights_only=True)
+    (recorded,) = [s for s in state["callbacks"].values() if s.get("monitor") == "val/acc1"]
+    for checkpoint in (best, Path(shutil.copy(best, tmp_path / "best.ckpt"))):
+        record = model_card.read_run(checkpoint)
+        metrics, source = model_card.validation_metrics(checkpoint, record)
+        assert metrics["acc1"] == pytest.approx(float(recorded["best_model_score"]), abs=1e-6)
+        assert ("metrics.csv" in source) == (checkpoint == best)
+    # a checkpoint written between validations has no score of its own
+    state["global_step"] += 1
+    torch.save(state, tmp_path / "between.ckpt")
+    metrics, source = model_card.validation_metrics(
+        tmp_path / "between.ckpt", model_card.read_run(tmp_path / "between.ckpt")
+    )
+    assert metrics == {} and "no validation of these exact weights" in source
+
+
+def _litv2_checkpoint(path: Path, pretrained: bool) -> Path:
+    """A ClassificationTask checkpoint (the layout ``read_checkpoint`` takes) of a tiny LITv2, written by hand."""
+    kwargs = {"embed_dim": 24, "depths": [1, 1, 1, 1]}
+    model = timm.create_model("litv2_small", num_classes=2, **kwargs)
+    torch.save(
+        {
+            "hyper_parameters": {
+                "model": "litv2_small",
+                "model_kwargs": kwargs,
+                "num_classes": 2,
+                "pretrained": pretrained,
+            },
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "data_config": {"input_size": [3, 64, 64]},
+            "epoch": 0,
+            "global_step": 5,
+        },
+        path,
+    )
+    return path
+
+
+@pytest.mark.parametrize(("pretrained", "license"), [(False, "mit"), (True, "apache-2.0")])
+def test_card_license_is_the_weights_license(tmp_path, pretrained, license):
+    """LITv2's released weights are Apache-2.0: a fine-tune inherits it; weights trained from scratch are MIT."""
+    out = export_checkpoint(_litv2_checkpoint(tmp_path / "run.ckpt", pretrained), tmp_path / "export")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.license == license
+    assert json.loads((out / "config.json").read_text())["pretrained_cfg"]["license"] == license
+    assert ("apache" in card.content.lower()) == pretrained
+    assert "Zizheng Pan" in card.text and "arXiv:2205.13213" in card.text
+    assert "Not recorded" in card.text and not card.data.eval_results  # no run folder, no ModelCheckpoint
+
+
+def test_weights_license_never_promotes_an_unknown_license():
+    agent = timm.models.get_pretrained_cfg("agent_swin_tiny").to_dict()
+    assert model_card.weights_license(agent, pretrained=True).id == "unknown"
+    assert model_card.weights_license(agent, pretrained=False).id == "mit"
+    nat = timm.models.get_pretrained_cfg("nat_mini").to_dict()
+    assert model_card.weights_license(nat, pretrained=True, pretrained_file="/x/weights.pth").id == "unknown"
+    assert model_card.paper_for(agent).authors[0] == "Dongchen Han"
+
+
+@pytest.fixture(scope="module")
+def onnx_export(run, tmp_path_factory):
+    folder = export_checkpoint(run / "checkpoints" / "last.ckpt", tmp_path_factory.mktemp("onnx"))
+    return folder, export_onnx(folder)
+
+
+def test_export_onnx_matches_eager_at_any_batch_size(onnx_export):
+    import onnx
+    import onnxruntime
+
+    folder, path = onnx_export
+    assert path == folder / "model.onnx"
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    for batch_size in (1, 5):  # traced with 2
+        assert check_onnx(path, model, batch_size=batch_size, seed=batch_size) < ONNX_ATOL
+    (onnx_input,) = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()
+    assert isinstance(onnx_input.shape[0], str) and onnx_input.shape[1:] == [3, 32, 32]
+    metadata = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    assert metadata["architecture"] == "nat_mini" and json.loads(metadata["preprocessing"])["input_size"] == [3, 32, 32]
+
+
+def test_check_onnx_names_the_difference_from_eager(onnx_export):
+    folder, path = onnx_export
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    with torch.no_grad():
+        model.head.bias += 1e-2
+    with pytest.raises(ValueError, match=r"differs from eager PyTorch by up to 0\.01"):
+        check_onnx(path, model)
+    assert 0.009 < check_onnx(path, model, atol=0.02) < 0.011  # a looser tolerance (Sparsifiner's near-ties) accepts
+
+
+def test_export_onnx_needs_an_export_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_dir: .* has no config.json"):
+        export_onnx(tmp_path)

@@ -1,0 +1,486 @@
+"""The model card (``README.md``) of an exported model: license, paper, run metrics and data, in the Hub's format.
+
+Everything on the card is read from the training checkpoint and its run folder, never guessed: a fact that is
+not recorded (a dataset's Hub id, the scores of a checkpoint written between validations) is left out or said to
+be unknown. The front matter is written by ``huggingface_hub.ModelCardData``, so the Hub parses it as its own.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CODE_LICENSE",
+    "PAPERS",
+    "CardFacts",
+    "Paper",
+    "RunRecord",
+    "WeightsLicense",
+    "dataset_summary",
+    "paper_for",
+    "read_run",
+    "render_card",
+    "starting_point",
+    "validation_metrics",
+    "weights_license",
+]
+
+CODE_LICENSE = "mit"  # attnzoo's own license (LICENSE, pyproject.toml)
+
+# licence ids the Hub knows (https://huggingface.co/docs/hub/repositories-licenses) that model weights here carry
+_HUB_LICENSES = {
+    "mit",
+    "apache-2.0",
+    "bsd-2-clause",
+    "bsd-3-clause",
+    "cc-by-4.0",
+    "cc-by-sa-4.0",
+    "cc-by-nc-4.0",
+    "cc-by-nc-sa-4.0",
+    "cc-by-nc-nd-4.0",
+    "gpl-3.0",
+    "unknown",
+}
+
+
+@dataclass(frozen=True)
+class Paper:
+    """A family's paper, for the card's citation."""
+
+    key: str
+    title: str
+    authors: tuple[str, ...]
+    venue: str  # the proceedings' name; "" for a preprint
+    year: int
+    arxiv: str
+
+    def bibtex(self) -> str:
+        if self.venue:
+            kind, where = "inproceedings", f"  booktitle = {{{self.venue}}},\n"
+        else:
+            kind, where = "article", f"  journal = {{arXiv preprint arXiv:{self.arxiv}}},\n"
+        return (
+            f"@{kind}{{{self.key},\n"
+            f"  title = {{{self.title}}},\n"
+            f"  author = {{{' and '.join(self.authors)}}},\n"
+            f"{where}"
+            f"  year = {{{self.year}}},\n"
+            f"  eprint = {{{self.arxiv}}},\n"
+            f"  archivePrefix = {{arXiv}}\n"
+            "}"
+        )
+
+
+def _paper(key, title, authors, venue, year, arxiv) -> tuple[str, Paper]:
+    return arxiv, Paper(key, title, tuple(authors), venue, year, arxiv)
+
+
+# by arXiv id: the families' pretrained configs carry ``paper_ids`` ("arXiv:<id>"); the zoo files cite the same
+PAPERS: dict[str, Paper] = dict(
+    [
+        _paper(
+            "hassani2023neighborhood",
+            "Neighborhood Attention Transformer",
+            ["Ali Hassani", "Steven Walton", "Jiachen Li", "Shen Li", "Humphrey Shi"],
+            "IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)",
+            2023,
+            "2204.07143",
+        ),
+        _paper(
+            "hassani2022dilated",
+            "Dilated Neighborhood Attention Transformer",
+            ["Ali Hassani", "Humphrey Shi"],
+            "",
+            2022,
+            "2209.15001",
+        ),
+        _paper(
+            "pan2022hilo",
+            "Fast Vision Transformers with HiLo Attention",
+            ["Zizheng Pan", "Jianfei Cai", "Bohan Zhuang"],
+            "Advances in Neural Information Processing Systems (NeurIPS)",
+            2022,
+            "2205.13213",
+        ),
+        _paper(
+            "tang2022quadtree",
+            "QuadTree Attention for Vision Transformers",
+            ["Shitao Tang", "Jiahui Zhang", "Siyu Zhu", "Ping Tan"],
+            "International Conference on Learning Representations (ICLR)",
+            2022,
+            "2201.02767",
+        ),
+        _paper(
+            "han2024agent",
+            "Agent Attention: On the Integration of Softmax and Linear Attention",
+            [
+                "Dongchen Han",
+                "Tianzhu Ye",
+                "Yizeng Han",
+                "Zhuofan Xia",
+                "Siyuan Pan",
+                "Pengfei Wan",
+                "Shiji Song",
+                "Gao Huang",
+            ],
+            "European Conference on Computer Vision (ECCV)",
+            2024,
+            "2312.08874",
+        ),
+        _paper(
+            "wei2023sparsifiner",
+            "Sparsifiner: Learning Sparse Instance-Dependent Attention for Efficient Vision Transformers",
+            ["Cong Wei", "Brendan Duke", "Ruowei Jiang", "Parham Aarabi", "Graham W. Taylor", "Florian Shkurti"],
+            "IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)",
+            2023,
+            "2303.13755",
+        ),
+        _paper(
+            "ding2022davit",
+            "DaViT: Dual Attention Vision Transformers",
+            ["Mingyu Ding", "Bin Xiao", "Noel Codella", "Ping Luo", "Jingdong Wang", "Lu Yuan"],
+            "European Conference on Computer Vision (ECCV)",
+            2022,
+            "2204.03645",
+        ),
+        _paper(
+            "yang2022focal",
+            "Focal Modulation Networks",
+            ["Jianwei Yang", "Chunyuan Li", "Xiyang Dai", "Jianfeng Gao"],
+            "Advances in Neural Information Processing Systems (NeurIPS)",
+            2022,
+            "2203.11926",
+        ),
+    ]
+)
+# timm's own DaViT and FocalNet configs (attnzoo's dual and focal mixers) name no paper
+_PAPER_BY_ARCHITECTURE = {"davit_": "2204.03645", "focalnet_": "2203.11926"}
+
+
+def paper_for(pretrained_cfg: Mapping[str, Any]) -> Paper | None:
+    """The paper of the model's family, from the config's ``paper_ids`` (or the architecture for timm's DaViT and
+    FocalNet); ``None`` when the family is not one of attnzoo's seven mechanisms."""
+    ids = re.findall(r"(\d{4}\.\d{4,5})", str(pretrained_cfg.get("paper_ids") or ""))
+    for arxiv in ids:
+        if arxiv in PAPERS:
+            return PAPERS[arxiv]
+    architecture = str(pretrained_cfg.get("architecture") or "")
+    for prefix, arxiv in _PAPER_BY_ARCHITECTURE.items():
+        if architecture.startswith(prefix):
+            return PAPERS[arxiv]
+    return None
+
+
+@dataclass(frozen=True)
+class WeightsLicense:
+    """The license the card declares for the weights (a Hub licence id) and the sentence that says why."""
+
+    id: str
+    reason: str
+
+
+def _hub_license(text: str) -> str:
+    text = text.strip().lower()
+    if text in _HUB_LICENSES:
+        return text
+    return "unknown"  # e.g. "unknown (no license stated by the authors)": never promote it to a real licence
+
+
+def weights_license(
+    pretrained_cfg: Mapping[str, Any], pretrained: bool, pretrained_file: str | None = None
+) -> WeightsLicense:
+    """Which license the exported weights carry.
+
+    Weights trained from random initialisation are the product of attnzoo's MIT code on the user's data: the card
+    offers MIT, the code's license (the owner of the data may have to restrict it; the card says so). Weights
+    fine-tuned from released weights are a derivative of them, so the released weights' license carries over: that
+    is the ``license`` of the model's pretrained config, which timm and attnzoo attach to the weights (not to the
+    code: LITv2's weights are Apache-2.0, Agent Attention's have no stated license, i.e. "unknown"). Weights
+    started from a ``pretrained_file`` have an origin the checkpoint does not record: "unknown". timm's own card
+    writer defaults to Apache-2.0 whatever the model; this never does.
+    """
+    if pretrained_file:
+        return WeightsLicense(
+            "unknown",
+            f"fine-tuned from the weights in {Path(str(pretrained_file)).name!r}, whose license the checkpoint does "
+            "not record: check it before sharing",
+        )
+    if pretrained:
+        stated = str(pretrained_cfg.get("license") or "not stated")
+        name = pretrained_cfg.get("architecture") or "the model's"
+        tag = pretrained_cfg.get("tag")
+        source = f"{name}.{tag}" if tag else str(name)
+        return WeightsLicense(
+            _hub_license(stated),
+            f"fine-tuned from the {source} weights, whose license ({stated}) carries over to derivatives",
+        )
+    return WeightsLicense(
+        CODE_LICENSE,
+        "trained from random initialisation with attnzoo (MIT); the training data's terms may restrict it further",
+    )
+
+
+def starting_point(model_name: str, pretrained_cfg: Mapping[str, Any], hparams: Mapping[str, Any]) -> str:
+    """Where the training run started, in words (markdown)."""
+    if hparams.get("pretrained_file"):
+        return f"the weights in `{Path(str(hparams['pretrained_file'])).name}`"
+    if not hparams.get("pretrained"):
+        return "random initialisation (trained from scratch)"
+    if model_name.startswith("hf-hub:"):
+        repo = model_name.split(":", 1)[1]
+        return f"[{repo}](https://huggingface.co/{repo})"
+    if model_name.startswith("local-dir:"):
+        return f"the exported model `{Path(model_name.split(':', 1)[1]).name}`"
+    where = pretrained_cfg.get("hf_hub_id") or pretrained_cfg.get("url") or pretrained_cfg.get("origin_url")
+    tag = pretrained_cfg.get("tag")
+    label = f"{pretrained_cfg.get('architecture', model_name)}.{tag}" if tag else model_name
+    return f"the released `{label}` weights" + (f" ({where})" if where else "")
+
+
+@dataclass
+class RunRecord:
+    """What a Lightning checkpoint says about its run, beyond the model: hyperparameters, position, scores."""
+
+    hparams: dict[str, Any] = field(default_factory=dict)
+    data_hparams: dict[str, Any] = field(default_factory=dict)
+    epoch: int | None = None
+    global_step: int | None = None
+    # ModelCheckpoint callbacks that name this very file as their best: {monitored metric: score}
+    checkpoint_scores: dict[str, float] = field(default_factory=dict)
+
+
+def read_run(checkpoint: str | Path) -> RunRecord:
+    """The run facts of a checkpoint that :func:`~attnzoo.train.checkpoint.read_checkpoint` has accepted.
+
+    Memory-mapped (``weights_only=True``): the tensors are not read again.
+    """
+    path = Path(checkpoint)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a legacy (non-zip) file cannot be mapped
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    scores = {}
+    for state in (ckpt.get("callbacks") or {}).values():
+        if not isinstance(state, dict) or not state.get("monitor") or state.get("best_model_score") is None:
+            continue
+        if Path(str(state.get("best_model_path") or "")).name == path.name:
+            scores[str(state["monitor"])] = float(state["best_model_score"])
+    return RunRecord(
+        hparams=dict(ckpt.get("hyper_parameters") or {}),
+        data_hparams=dict(ckpt.get("datamodule_hyper_parameters") or {}),
+        epoch=ckpt.get("epoch"),
+        global_step=ckpt.get("global_step"),
+        checkpoint_scores=scores,
+    )
+
+
+def _version_number(folder: Path) -> int:
+    match = re.fullmatch(r"version_(\d+)", folder.name)
+    return int(match.group(1)) if match else -1
+
+
+def _select(metrics: Mapping[str, float], ema: bool) -> dict[str, float]:
+    """``val/acc1`` -> ``acc1`` (or ``val/ema_acc1`` -> ``acc1`` for the EMA weights)."""
+    prefix = "val/ema_" if ema else "val/"
+    return {
+        key[len(prefix) :]: value
+        for key, value in metrics.items()
+        if key.startswith(prefix) and (ema or not key.startswith("val/ema_"))
+    }
+
+
+def validation_metrics(checkpoint: str | Path, run: RunRecord, ema: bool = False) -> tuple[dict[str, float], str]:
+    """The validation scores of exactly these weights and where they were read; ``({}, why)`` when none were.
+
+    First the run folder's CSV log (``RUN/csv/version_*/metrics.csv`` next to ``RUN/checkpoints/``): Lightning logs
+    a validation after ``global_step`` updates at step ``global_step - 1``, so the row of the checkpoint's epoch and
+    that step scored the weights it holds (the newest version wins: a resumed run rewrites the checkpoints). Else
+    the score a ``ModelCheckpoint`` recorded for this file (e.g. ``best.ckpt`` copied out of its run folder).
+    """
+    path = Path(checkpoint)
+    if run.epoch is not None and run.global_step:
+        versions = sorted((path.parent.parent / "csv").glob("version_*"), key=_version_number, reverse=True)
+        for version in versions:
+            log = version / "metrics.csv"
+            if not log.is_file():
+                continue
+            found: dict[str, float] = {}
+            with log.open(newline="") as f:
+                for row in csv.DictReader(f):
+                    try:
+                        at = int(float(row.get("epoch") or "nan")), int(float(row.get("step") or "nan"))
+                    except ValueError:
+                        continue
+                    if at == (run.epoch, run.global_step - 1):
+                        found.update({k: float(v) for k, v in row.items() if k.startswith("val/") and v})
+            selected = _select(found, ema)
+            if selected:
+                where = f"{version.parent.parent.name}/csv/{version.name}/metrics.csv"
+                return selected, f"validation after epoch {run.epoch + 1} (step {run.global_step}), from `{where}`"
+    selected = _select(run.checkpoint_scores, ema)
+    if selected:
+        return selected, "the score the run's ModelCheckpoint recorded for this checkpoint"
+    return {}, (
+        "no validation of these exact weights is in the run's CSV log or in the checkpoint's ModelCheckpoint state "
+        "(a checkpoint written between validations, or one away from its run folder)"
+    )
+
+
+_METRIC_NAMES = {
+    "acc1": ("accuracy", "top-1 accuracy"),
+    "acc5": ("accuracy", "top-5 accuracy"),
+    "loss": ("loss", "loss"),
+}
+
+
+def dataset_summary(data_hparams: Mapping[str, Any]) -> tuple[str, str]:
+    """(a short name, a markdown description) of the data module a run trained on."""
+    class_path = str(data_hparams.get("_class_path") or "")
+    kind = class_path.rsplit(".", 1)[-1] or "unknown data module"
+    root = data_hparams.get("root")
+    name = Path(str(root)).name if root else kind
+    splits = ", ".join(
+        f"{what} split `{data_hparams[key]}`"
+        for what, key in (("training", "train_split"), ("validation", "val_split"))
+        if data_hparams.get(key)
+    )
+    text = f"`{kind}`" + (f" over the folder `{name}`" if root else "") + (f" ({splits})" if splits else "")
+    if kind == "DigitsData":
+        text += ": scikit-learn's handwritten digits (UCI Optical Recognition of Handwritten Digits)"
+    return name, text
+
+
+@dataclass
+class CardFacts:
+    """Everything the card states, gathered by :func:`attnzoo.tools.export.export_checkpoint`."""
+
+    model_name: str
+    architecture: str
+    model_args: dict[str, Any]
+    num_params: int
+    num_classes: int
+    label_names: Sequence[str] | None
+    data_config: dict[str, Any]
+    license: WeightsLicense
+    paper: Paper | None
+    paper_fallback: str | None  # paper_name / paper_ids of a family outside PAPERS
+    started_from: str
+    base_model: str | None
+    metrics: dict[str, float]
+    metrics_source: str
+    dataset_name: str
+    dataset_text: str
+    datasets: Sequence[str] = ()
+    ema: bool = False
+    epoch: int | None = None
+    global_step: int | None = None
+    load_as: str = "local-dir:PATH"
+
+
+def _front_matter(facts: CardFacts) -> str:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=facts.datasets[0] if facts.datasets else "imagefolder",
+            dataset_name=facts.datasets[0] if facts.datasets else facts.dataset_name,
+            dataset_split="validation",
+            metric_type=_METRIC_NAMES[key][0],
+            metric_name=f"{_METRIC_NAMES[key][1]} (validation)",
+            metric_value=round(value, 6),
+        )
+        for key, value in facts.metrics.items()
+        if key in _METRIC_NAMES
+    ]
+    data = ModelCardData(
+        library_name="timm",
+        license=facts.license.id,
+        pipeline_tag="image-classification",
+        tags=["image-classification", "timm", "attnzoo"],
+        datasets=list(facts.datasets) or None,
+        metrics=["accuracy"] if any(k.startswith("acc") for k in facts.metrics) else None,
+        base_model=facts.base_model,
+        model_name=facts.model_name if results else None,
+        eval_results=results or None,
+    )
+    return data.to_yaml()
+
+
+def render_card(facts: CardFacts) -> str:
+    """The card: YAML front matter (library, license, tags, datasets, metrics) and a markdown body."""
+    lines = [f"---\n{_front_matter(facts)}\n---", f"# {facts.model_name}", ""]
+    family = f" ({facts.paper.title})" if facts.paper else ""
+    lines += [
+        f"An image classifier: `{facts.architecture}`{family}, trained with "
+        f"attnzoo starting from {facts.started_from}.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import attnzoo  # registers the architecture in timm",
+        "import timm",
+        "",
+        f'model = timm.create_model("{facts.load_as}", pretrained=True).eval()',
+        "transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)",
+        'labels = model.pretrained_cfg.get("label_names")',
+        "```",
+        "",
+        "## Model details",
+        "",
+        f"- **Architecture:** `{facts.architecture}`"
+        + (f", arguments `{facts.model_args}`" if facts.model_args else "")
+        + f"; {facts.num_params / 1e6:.2f} M parameters",
+        f"- **Weights:** {'the exponential moving average (EMA) of the ' if facts.ema else 'the '}trained weights"
+        + (f", epoch {facts.epoch + 1}, step {facts.global_step}" if facts.epoch is not None else ""),
+    ]
+    size = facts.data_config.get("input_size")
+    if size:
+        preprocessing = ", ".join(
+            f"{k} {facts.data_config[k]}"
+            for k in ("interpolation", "crop_pct", "mean", "std")
+            if k in facts.data_config
+        )
+        lines.append(f"- **Input:** {tuple(size)}" + (f"; {preprocessing}" if preprocessing else ""))
+    classes = f"- **Classes:** {facts.num_classes}"
+    if facts.label_names:
+        shown = ", ".join(f"`{name}`" for name in list(facts.label_names)[:50])
+        classes += f": {shown}" + (", ..." if len(facts.label_names) > 50 else "")
+    lines.append(classes)
+    lines.append(f"- **License:** `{facts.license.id}`: {facts.license.reason}. attnzoo's code is MIT-licensed.")
+    lines += ["", "## Training data", "", f"- {facts.dataset_text}"]
+    lines += [f"- Hub dataset: [{d}](https://huggingface.co/datasets/{d})" for d in facts.datasets]
+    lines += ["", "## Results", ""]
+    if facts.metrics:
+        lines += ["| metric | value |", "| --- | --- |"]
+        for key, value in facts.metrics.items():
+            label = _METRIC_NAMES.get(key, (key, key))[1]
+            lines.append(f"| {label} (validation) | {value:.4f} |")
+        lines += ["", f"Source: {facts.metrics_source}."]
+    else:
+        lines.append(f"Not recorded: {facts.metrics_source}.")
+    lines += ["", "## Citation", ""]
+    if facts.paper:
+        authors = ", ".join(facts.paper.authors)
+        venue = f"{facts.paper.venue} {facts.paper.year}" if facts.paper.venue else f"arXiv {facts.paper.year}"
+        lines += [
+            f'{authors}. "{facts.paper.title}". {venue}. '
+            f"[arXiv:{facts.paper.arxiv}](https://arxiv.org/abs/{facts.paper.arxiv})",
+            "",
+            "```bibtex",
+            facts.paper.bibtex(),
+            "```",
+        ]
+    elif facts.paper_fallback:
+        lines.append(facts.paper_fallback)
+    else:
+        lines.append("The architecture's paper is not recorded in its pretrained config.")
+    return "\n".join(lines) + "\n"
