@@ -235,7 +235,9 @@ class AgentAttention(nn.Module):
         opts = dict(dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
         agent_v = F.scaled_dot_product_attention(agents, k, v, attn_mask=agent_key, **opts)  # (B, h, n, d)
         out = F.scaled_dot_product_attention(q, agents, agent_v, attn_mask=query_agent, **opts)  # (B, h, N, d)
-        out = out.transpose(1, 2).reshape(batch, n_tokens, channels)
+        # An explicit copy, not reshape: with a computed attn_mask, torch's ONNX (dynamo) decomposition of SDPA
+        # gives its output other strides than export recorded, and the view that reshape recorded then fails.
+        out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(batch, n_tokens, channels)
         if prefix:
             out = torch.cat([out[:, :prefix], out[:, prefix:] + local], dim=1)
         else:

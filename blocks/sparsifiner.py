@@ -120,6 +120,9 @@ class SparsifinerAttention(nn.Module):
         basis_threshold, basis_coef_topk, basis_coef_threshold: sparsification of the predictor outside
             reconstruction training (``basis_coef_topk=None`` switches to the threshold).
         attn_recon: the authors' phase-1 mode: while training, attention is dense. May be toggled on the module.
+            The argument also sets ``mask_predictor``'s ``requires_grad`` (the attribute does not): the predictor
+            only picks keys (integer top-k), so no loss on the output reaches it; it learns from phase 1's aux
+            reconstruction loss alone. :func:`attnzoo.sparsifiner_distillation.set_training_phase` switches both.
         sparse_impl: ``"gather"`` (O(N k d)) or ``"masked"`` (the authors' dense masked softmax, O(N^2)).
         attn_drop: must be 0; the authors never apply attention dropout.
     """
@@ -173,6 +176,9 @@ class SparsifinerAttention(nn.Module):
             basis_coef_topk=basis_coef_topk,
             basis_coef_threshold=basis_coef_threshold,
         )
+        # Frozen outside phase 1: a parameter that requires grad but never gets one is what timm's model
+        # checks flag as a bug, and optimisers would carry it for nothing.
+        self.mask_predictor.requires_grad_(self.attn_recon)
 
     def forward(
         self,

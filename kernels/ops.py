@@ -100,8 +100,9 @@ def check_index_range(index: torch.Tensor, n_keys: int) -> None:
     would synchronise the device on every QuadTree/Sparsifiner block, so the check is queued as a
     device-side assertion (``torch._assert_async``): a bad index stops the CUDA stream with the message
     before any kernel after it runs. (The Triton kernels also mask rows outside the range.)
+    Graph capture (compile, export, ``torch.jit.trace``) skips it: a traced read would bake one input's values in.
     """
-    if torch.compiler.is_compiling() or index.numel() == 0:
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or index.numel() == 0:
         return
     low, high = torch.aminmax(index)
     if index.device.type == "cpu":

@@ -53,6 +53,8 @@ def set_training_phase(model: nn.Module, phase: str) -> list[nn.Parameter]:
     ``"attn_recon"`` (authors: cosine LR 3e-4 -> 2e-4, 3 warm-up epochs): only ``mask_predictor`` trains and
     attention is dense while training. ``"cls_distill"`` (authors: cosine LR 8e-5 -> 2e-6, 3 warm-up epochs,
     WD 0.05): everything but the predictors trains. In eval mode attention is sparse in both phases.
+    A freshly built model is already in the ``"cls_distill"`` state (predictors frozen, no gradient reaches them
+    from the logits), so build the optimizer after this call: it sets ``requires_grad`` on every parameter.
     """
     train_predictor = _check_phase(phase) == "attn_recon"
     mixers = sparsifiner_mixers(model)

@@ -191,14 +191,23 @@ def test_bfloat16_autocast_matches_float32():
     torch.testing.assert_close(out.float(), reference, atol=3e-2, rtol=3e-2)
 
 
-def test_gradients_backbone_from_output_predictor_from_distillation_loss():
+def test_predictor_is_frozen_by_default_and_trains_only_on_the_distillation_loss():
     n = 1 + 5 * 5
     module = make(n, dtype=torch.float32, keep_ratio=0.3).train()
     x = torch.randn(2, n, DIM, requires_grad=True)
+    # default (inference, phase 2): timm's rule holds, every parameter that requires grad gets one from the output
+    assert not any(p.requires_grad for p in module.mask_predictor.parameters())
+    module(x, grid_size=(5, 5), num_prefix_tokens=1).sum().backward()
+    assert x.grad.abs().sum() > 0
+    for name, p in module.named_parameters():
+        assert (p.grad is not None) == p.requires_grad == (not name.startswith("mask_predictor.")), name
+    assert all(p.requires_grad for p in make(n, attn_recon=True).mask_predictor.parameters())
+
+    module.zero_grad(set_to_none=True)
+    module.mask_predictor.requires_grad_(True)  # phase 1: the predictor learns, but never from the output
     out, aux = module(x, grid_size=(5, 5), num_prefix_tokens=1, return_aux=True)
     out.sum().backward(retain_graph=True)
     grads = {name: p.grad for name, p in module.named_parameters()}
-    assert x.grad.abs().sum() > 0
     for name in ("qkv.weight", "qkv.bias", "proj.weight", "proj.bias"):
         assert grads[name] is not None and grads[name].abs().sum() > 0, name
     assert all(g is None for name, g in grads.items() if name.startswith("mask_predictor."))

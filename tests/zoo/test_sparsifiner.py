@@ -212,23 +212,50 @@ def test_attention_flops_of_sparsifiner_deit_small_against_deit_small():
 
 # --- features_only and gradients ------------------------------------------------------------------------------
 def test_features_only_at_224_and_gradients():
-    """Backward reaches every parameter but the predictors, which pick keys by top-k (no gradient through the
-    indices) and learn only from the reconstruction loss of phase 1: adding it reaches them too."""
+    """The predictors pick keys by top-k (no gradient through the indices): even when trainable (phase 1; they are
+    built frozen) the features give them none, and only the reconstruction loss reaches them."""
     model = timm.create_model("sparsifiner_deit_small", features_only=True)
     assert model.feature_info.reduction() == [16, 16, 16] and model.feature_info.channels() == [384] * 3
+    predictor = [p for n, p in model.named_parameters() if ".mask_predictor." in n]
+    assert len(predictor) == 12 * 6 and not any(p.requires_grad for p in predictor)
+    for p in predictor:
+        p.requires_grad_(True)
     with record_aux(model) as aux:
         features = model(image(batch=1))
     assert [tuple(f.shape) for f in features] == [(1, 384, 14, 14)] * 3
     assert len(aux) == 12 and aux[0]["approx_attn"].shape == (1, 6, 196, 197)
     feature_loss = sum(f.square().mean() for f in features)
-    predictor = [p for n, p in model.named_parameters() if ".mask_predictor." in n]
-    assert len(predictor) == 12 * 6
     # the features do not depend on the predictors differentiably (autograd finds no path; nothing is computed)
     assert all(g is None for g in torch.autograd.grad(feature_loss, predictor, allow_unused=True, retain_graph=True))
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in sparsifiner_mixers(model))  # hooks removed
     (feature_loss + attn_recon_loss(aux)).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, missing
+
+
+def test_predictors_are_frozen_until_phase_one_and_still_saved_and_loaded():
+    """Built (and so at inference and in phase 2) with frozen predictors; phase 1 trains only them, phase 2 all
+    but them. They stay parameters: checkpoints carry them, and loading one leaves ``requires_grad`` alone."""
+    model = timm.create_model("sparsifiner_deit_small", **TINY)
+    predictor = {n for n, _ in model.named_parameters() if ".mask_predictor." in n}
+
+    def trainable():
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    everything = {n for n, _ in model.named_parameters()}
+    assert predictor and trainable() == everything - predictor
+    assert not any(m.attn_recon for m in sparsifiner_mixers(model))
+    set_training_phase(model, "attn_recon")
+    assert trainable() == predictor
+    set_training_phase(model, "cls_distill")
+    assert trainable() == everything - predictor
+
+    source = perturb(timm.create_model("sparsifiner_deit_small", **TINY), seed=3)
+    assert predictor <= set(source.state_dict())
+    model.load_state_dict(source.state_dict())
+    assert trainable() == everything - predictor
+    for name in predictor:
+        torch.testing.assert_close(model.get_parameter(name), source.get_parameter(name), rtol=0, atol=0)
 
 
 # --- the two-phase recipe -------------------------------------------------------------------------------------
