@@ -82,7 +82,9 @@ class SparsifinerMaskPredictor(nn.Module):
         # Run in the parameters' dtype even under autocast: the top-k choice of keys should not hinge on
         # bf16 rounding (which turns many low-rank scores into ties).
         dtype = self.proj_c_q.weight.dtype
-        with torch.autocast(device_type=q.device.type, enabled=False):
+        # (the meta device, used to count MACs, has no autocast: name the CPU's, which is equally off)
+        autocast_device = "cpu" if q.device.type == "meta" else q.device.type
+        with torch.autocast(device_type=autocast_device, enabled=False):
             q_c = self.proj_c_q(q[:, :, num_prefix_tokens:].to(dtype))  # (B, h, N-p, c)
             k_c = self.proj_c_k(k.to(dtype))  # (B, h, N, c)
             k_r = k_c.transpose(-1, -2) @ self.proj_n  # (B, h, c, N_r)

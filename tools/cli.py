@@ -13,7 +13,6 @@ import json
 import logging
 import re
 import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
@@ -232,9 +231,7 @@ def bench_ptx(args: argparse.Namespace) -> None:
     except ptx.PtxUnavailable as error:
         args.parser.error(str(error))
     if path is not None:
-        with tempfile.TemporaryDirectory() as folder:  # ptx.write_report names its file itself
-            data = json.loads(ptx.write_report(reports, Path(folder), args.argv).read_text())
-        _write_json(args, path, data)
+        _write_json(args, path, ptx.build_report(reports, args.argv))
     found = ptx.problems(reports)
     for problem in found:
         print(f"PROBLEM: {problem}")

@@ -200,7 +200,7 @@ default_cfgs = generate_default_cfgs(
             "std": IMAGENET_DEFAULT_STD,
             "first_conv": "patch_embed.proj",
             "classifier": "head",
-            "license": "mit",
+            "license": "apache-2.0",  # of the weights it loads (DeiT-S); the architecture's code is MIT
             "origin_url": "https://github.com/lim142857/Sparsifiner",
             "paper_ids": "arXiv:2303.13755",
             "paper_name": "Sparsifiner: Learning Sparse Instance-Dependent Attention for Efficient Vision Transformers",

@@ -9,14 +9,12 @@ and read off: tensor-core instructions (``mma.sync``, ``wgmma``), registers, spi
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 import shlex
 import subprocess
 import tempfile
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import torch
 
@@ -189,10 +187,9 @@ def problems(reports: list[KernelReport]) -> list[str]:
     return found
 
 
-def write_report(reports: list[KernelReport], out_dir: Path, argv: list[str]) -> Path:
-    """``out_dir/ptx.json``: the rows, the problems, the command and the compiler's versions."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = {
+def build_report(reports: list[KernelReport], argv: list[str]) -> dict:
+    """The rows, the problems, the command and the compiler's versions, as one JSON-ready document."""
+    return {
         "suite": "ptx",
         "command": shlex.join(["attnzoo", *argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -202,9 +199,6 @@ def write_report(reports: list[KernelReport], out_dir: Path, argv: list[str]) ->
         "problems": problems(reports),
         "results": [asdict(r) for r in reports],
     }
-    path = out_dir / "ptx.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
-    return path
 
 
 def _ptxas_version(arch: int) -> str:
