@@ -3,6 +3,7 @@
 Every mixer takes and returns channels-last maps ``(B, H, W, C)`` and is built on
 :mod:`attnzoo.kernels` and ``torch.nn.functional.scaled_dot_product_attention``;
 :func:`create_mixer` builds any of them by name, :class:`MixerBlock` wraps one in a block.
+:func:`record_attention` records what every mixer of a model computed (weights, chosen keys, modulators).
 """
 
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from .focal import FocalModulation
 from .hilo import HiLo
 from .neighborhood import NeighborhoodAttention2D
 from .quadtree import QuadTreeAttention
+from .record import AttentionRecord, AttentionRecords, QueryMap, record_attention
 from .sparsifiner import SparsifinerAttention
 
 MIXERS: dict[str, Callable[..., nn.Module]] = {
@@ -40,14 +42,18 @@ def create_mixer(name: str, dim: int, num_heads: int, **kwargs) -> nn.Module:
 __all__ = [
     "MIXERS",
     "AgentAttention",
+    "AttentionRecord",
+    "AttentionRecords",
     "ChannelGroupAttention",
     "FocalModulation",
     "HiLo",
     "MixerBlock",
     "NeighborhoodAttention2D",
+    "QueryMap",
     "QuadTreeAttention",
     "SparsifinerAttention",
     "SpatialWindowAttention",
     "create_mixer",
     "davit_attention",
+    "record_attention",
 ]

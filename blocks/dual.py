@@ -7,14 +7,64 @@ Ding, Xiao, Codella, Luo, Wang, Yuan. "DaViT: Dual Attention Vision Transformers
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.kernels._checks import assert_map, check_dim_heads, check_positive_int
 
+from .record import AttentionRecord, QueryMap, RecordsAttention, scatter_to_grid, window_keys
 
-class SpatialWindowAttention(nn.Module):
+
+@dataclass
+class SpatialWindowRecord(AttentionRecord):
+    """``attn`` ``(B, heads, H', W', ws*ws)`` over ``keys`` ``(H', W', ws*ws)``, each query's own window in the
+    ``padded_size`` ``(H', W')`` map (padded tokens take part, as in DaViT); values ``v`` ``(B, H', W', heads, d)``.
+    """
+
+    map_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    window_size: int
+    attn: torch.Tensor
+    keys: torch.Tensor
+    v: torch.Tensor
+    kind: str = "spatial_window"
+
+    @property
+    def batch_size(self) -> int:
+        return self.attn.shape[0]
+
+    def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
+        self._check_query(row, col, batch)
+        weights = self.attn[batch, :, row, col].mean(0)
+        grid = scatter_to_grid(weights, self.keys[row, col], self.padded_size)[: self.map_size[0], : self.map_size[1]]
+        return [QueryMap(f"{self.window_size}x{self.window_size} window", grid, marker=(row, col))]
+
+
+@dataclass
+class ChannelGroupRecord(AttentionRecord):
+    """``attn`` ``(B, heads, d, d)``: per head, how each output channel mixes the query's ``d`` channels of that
+    head (the same for every pixel); ``q`` ``(B, H, W, heads, d)``."""
+
+    map_size: tuple[int, int]
+    attn: torch.Tensor
+    q: torch.Tensor
+    kind: str = "channel_group"
+
+    @property
+    def batch_size(self) -> int:
+        return self.attn.shape[0]
+
+    def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
+        """The block-diagonal ``C x C`` channel mixing (one ``d x d`` block per head): no spatial map exists."""
+        self._check_query(row, col, batch)
+        title = f"channel attention: {self.attn.shape[1]} groups of {self.attn.shape[-1]} channels"
+        return [QueryMap(title, torch.block_diag(*self.attn[batch].unbind(0)), over="matrix")]
+
+
+class SpatialWindowAttention(RecordsAttention, nn.Module):
     """DaViT's spatial attention: MHSA inside non-overlapping windows, without position bias or shift.
 
     Maps not divisible by ``window_size`` are zero-padded at the bottom/right *before* ``qkv`` and the padded
@@ -43,15 +93,29 @@ class SpatialWindowAttention(nn.Module):
         qkv = self.qkv(x).view(batch, rows, ws, cols, ws, 3, heads, head_dim)
         q, k, v = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, -1, heads, ws * ws, head_dim).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v)  # default scale d^-0.5, as DaViT
+        if self.recording:
+            self._record(self._attention_record(q, k, v, (height, width), (rows, cols)))
         out = out.view(batch, rows, cols, heads, ws, ws, head_dim).permute(0, 1, 4, 2, 5, 3, 6)
         # proj is per token, so cropping before it equals DaViT's project-then-crop
         return self.proj(out.reshape(batch, rows * ws, cols * ws, dim)[:, :height, :width])
+
+    def _attention_record(self, q, k, v, map_size, windows) -> SpatialWindowRecord:
+        """The windows' softmax weights, explicit (float32, float64 for float64 input), laid out per query."""
+        (rows, cols), ws, heads = windows, self.window_size, self.num_heads
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        attn = ((q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * self.head_dim**-0.5).softmax(-1)
+        attn = attn.view(-1, rows, cols, heads, ws, ws, ws * ws).permute(0, 3, 1, 4, 2, 5, 6)
+        attn = attn.reshape(-1, heads, rows * ws, cols * ws, ws * ws)
+        v_map = v.view(-1, rows, cols, heads, ws, ws, self.head_dim).permute(0, 1, 4, 2, 5, 3, 6)
+        v_map = v_map.reshape(-1, rows * ws, cols * ws, heads, self.head_dim)
+        keys = window_keys(rows * ws, cols * ws, ws, q.device)
+        return SpatialWindowRecord(map_size, (rows * ws, cols * ws), ws, attn.detach(), keys, v_map.detach())
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, window_size={self.window_size}"
 
 
-class ChannelGroupAttention(nn.Module):
+class ChannelGroupAttention(RecordsAttention, nn.Module):
     """DaViT's channel attention: per head, ``A = softmax(k^T v / sqrt(d))`` (``d x d``) mixes q's channels.
 
     DaViT's operand roles (k and v build the map); no token-by-token matrix, so no SDPA.
@@ -71,6 +135,9 @@ class ChannelGroupAttention(nn.Module):
         q, k, v = self.qkv(x).view(batch, height * width, 3, self.num_heads, self.head_dim).unbind(2)
         k = k * self.head_dim**-0.5
         attn = torch.einsum("bnhi,bnhj->bhij", k, v).softmax(dim=-1)  # (B, heads, d, d)
+        if self.recording:  # the same d x d softmax the forward uses: there is no fused path to bypass
+            record_q = q.detach().view(batch, height, width, self.num_heads, self.head_dim)
+            self._record(ChannelGroupRecord((height, width), attn.detach(), record_q))
         out = torch.einsum("bhij,bnhj->bnhi", attn.to(q.dtype), q)
         return self.proj(out.reshape(batch, height, width, dim))
 

@@ -10,11 +10,15 @@ Each pixel modulates its query with a context from depthwise convolutions of gro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from attnzoo.kernels._checks import assert_map, check_fraction, check_odd, check_positive_int
+
+from .record import AttentionRecord, QueryMap, RecordsAttention
 
 
 def _conv_channels_last(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -26,7 +30,42 @@ def _conv_channels_last(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return conv(x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)).permute(0, 2, 3, 1)
 
 
-class FocalModulation(nn.Module):
+@dataclass
+class FocalModulationRecord(AttentionRecord):
+    """No attention map exists: each pixel's query ``q`` ``(B, H, W, C)`` is multiplied by its ``modulator``
+    ``(B, H, W, C)`` = ``h(sum_l gates[..., l] * contexts[l])`` (divided by ``L + 1`` with
+    ``normalize_modulator``). ``contexts`` ``(L+1, B, H, W, C)``: the depthwise-conv levels (kernels
+    ``kernel_sizes``), then the global average (broadcast); ``gates`` ``(B, H, W, L+1)``.
+    """
+
+    map_size: tuple[int, int]
+    kernel_sizes: list[int]
+    q: torch.Tensor
+    contexts: torch.Tensor
+    gates: torch.Tensor
+    modulator: torch.Tensor
+    kind: str = "focal_modulation"
+
+    @property
+    def batch_size(self) -> int:
+        return self.q.shape[0]
+
+    def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
+        """The modulator's magnitude over the map (FocalNet's Fig. 1/5), then where each level's gate opens.
+
+        Neither depends on the query (marked for reference): the context every pixel receives is its own.
+        """
+        self._check_query(row, col, batch)
+        maps = [QueryMap("modulator |h(z)| per pixel", self.modulator[batch].norm(dim=-1), marker=(row, col))]
+        names = [f"gate of level {level} ({k}x{k} conv)" for level, k in enumerate(self.kernel_sizes)] + [
+            "gate of global context"
+        ]
+        for level, name in enumerate(names):
+            maps.append(QueryMap(name, self.gates[batch, ..., level], marker=(row, col)))
+        return maps
+
+
+class FocalModulation(RecordsAttention, nn.Module):
     """FocalNet's focal modulation on channels-last maps ``(B, H, W, C)``.
 
     ``num_heads`` exists only for the ``create_mixer(name, dim, num_heads)`` contract (no heads here): it is
@@ -79,15 +118,30 @@ class FocalModulation(nn.Module):
         q, ctx, gates = torch.split(self.f(x), (self.dim, self.dim, levels + 1), dim=-1)
 
         ctx_all: torch.Tensor | float = 0.0  # 0 + t is exactly t: the official accumulation order
+        contexts = []  # kept only while recording
         for level, focal_layer in enumerate(self.focal_layers):
             ctx = _conv_channels_last(focal_layer, ctx)  # level 0 copies its slice of f's output once
             ctx_all = ctx_all + ctx * gates[..., level : level + 1]
+            if self.recording:
+                contexts.append(ctx.detach())
         ctx_global = self.act(ctx.mean(dim=(1, 2), keepdim=True))  # mean of the widest level, not of the input
         ctx_all = ctx_all + ctx_global * gates[..., levels:]
         if self.normalize_modulator:
             ctx_all = ctx_all / (levels + 1)
 
         modulator = F.linear(ctx_all, self.h.weight.flatten(1), self.h.bias)
+        if self.recording:
+            contexts.append(ctx_global.detach().expand_as(contexts[-1]))
+            self._record(
+                FocalModulationRecord(
+                    tuple(x.shape[1:3]),
+                    list(self.kernel_sizes),
+                    q.detach(),
+                    torch.stack(contexts),
+                    gates.detach(),
+                    modulator.detach(),
+                )
+            )
         out = q * modulator
         if self.use_postln_in_modulation:
             out = self.ln(out)

@@ -12,6 +12,8 @@ projections, as in the released stage-4 weights.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,8 +26,55 @@ from attnzoo.kernels._checks import (
     check_positive_int,
 )
 
+from .record import AttentionRecord, QueryMap, RecordsAttention, scatter_to_grid, window_keys
 
-class HiLo(nn.Module):
+
+@dataclass
+class HiLoRecord(AttentionRecord):
+    """Both branches over the ``padded_size`` ``(H', W')`` map (each ``None`` when the layer has no such heads).
+
+    Hi-Fi: ``hifi_attn`` ``(B, h_heads, H', W', s*s)`` over ``hifi_keys`` ``(H', W', s*s)`` (the query's own
+    window), values ``hifi_v`` ``(B, H', W', h_heads, d)``. Lo-Fi: ``lofi_attn`` ``(B, l_heads, H', W', Hp*Wp)``
+    over every cell of the ``pooled_size`` ``(Hp, Wp)`` average-pooled map, values ``lofi_v``
+    ``(B, Hp, Wp, l_heads, d)``. Outputs are ``h_proj`` / ``l_proj`` of the branches, concatenated and cropped.
+    """
+
+    map_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    window_size: int
+    pooled_size: tuple[int, int]
+    hifi_attn: torch.Tensor | None
+    hifi_keys: torch.Tensor | None
+    hifi_v: torch.Tensor | None
+    lofi_attn: torch.Tensor | None
+    lofi_v: torch.Tensor | None
+    kind: str = "hilo"
+
+    @property
+    def batch_size(self) -> int:
+        return (self.hifi_attn if self.hifi_attn is not None else self.lofi_attn).shape[0]
+
+    def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
+        self._check_query(row, col, batch)
+        height, width = self.map_size
+        s = self.window_size
+        maps = []
+        if self.hifi_attn is not None:
+            weights = self.hifi_attn[batch, :, row, col].mean(0)
+            grid = scatter_to_grid(weights, self.hifi_keys[row, col], self.padded_size)[:height, :width]
+            maps.append(QueryMap(f"Hi-Fi: {s}x{s} window", grid, marker=(row, col)))
+        if self.lofi_attn is not None:
+            pooled = self.lofi_attn[batch, :, row, col].mean(0).unflatten(-1, self.pooled_size)
+            title = f"Lo-Fi: {self.pooled_size[0]}x{self.pooled_size[1]} map pooled {s}x{s}" if s > 1 else "global"
+            if self.padded_size != tuple(self.map_size):  # the pooled grid covers the padding: show the map's part
+                pooled = pooled.repeat_interleave(s, 0).repeat_interleave(s, 1)[:height, :width] / (s * s)
+                maps.append(QueryMap(title, pooled, marker=(row, col)))
+            else:
+                maps.append(QueryMap(title, pooled, marker=(row // s, col // s)))
+        return maps
+
+
+class HiLo(RecordsAttention, nn.Module):
     """LITv2's HiLo attention on channels-last maps ``(B, H, W, C)``.
 
     Parameters keep the LITv2 checkpoint names: ``h_qkv``/``h_proj`` (only with Hi-Fi heads) and
@@ -71,20 +120,24 @@ class HiLo(nn.Module):
             self.h_qkv = nn.Linear(dim, 3 * self.h_dim, bias=qkv_bias)
             self.h_proj = nn.Linear(self.h_dim, self.h_dim)
 
+    def _windows(self, t: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, heads, d)`` -> ``(B * windows, heads, s*s, d)``: windows become batch entries."""
+        batch, height, width, heads, d = t.shape
+        s = self.ws
+        t = t.view(batch, height // s, s, width // s, s, heads, d).permute(0, 1, 3, 5, 2, 4, 6)
+        return t.reshape(-1, heads, s * s, d)
+
     def hifi(self, x: torch.Tensor) -> torch.Tensor:
         """Attention inside non-overlapping ``ws x ws`` windows of a map whose sides are multiples of ``ws``."""
         batch, height, width, _ = x.shape
         s, heads, d = self.ws, self.h_heads, self.head_dim
-        rows, cols = height // s, width // s
-        qkv = self.h_qkv(x).view(batch, rows, s, cols, s, 3, heads, d)
-        # (3, B * windows, heads, s*s, d): windows become batch entries of one SDPA call
-        qkv = qkv.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, batch * rows * cols, heads, s * s, d)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], scale=self.scale)
-        out = out.view(batch, rows, cols, heads, s, s, d).permute(0, 1, 4, 2, 5, 3, 6)
+        q, k, v = (self._windows(t) for t in self.h_qkv(x).view(batch, height, width, 3, heads, d).unbind(3))
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        out = out.view(batch, height // s, width // s, heads, s, s, d).permute(0, 1, 4, 2, 5, 3, 6)
         return self.h_proj(out.reshape(batch, height, width, self.h_dim))
 
-    def lofi(self, x: torch.Tensor) -> torch.Tensor:
-        """Every token attends to the average-pooled map (the full map when ``ws == 1``)."""
+    def _lofi_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``q`` ``(B, heads, H*W, d)`` of every token, ``k``/``v`` ``(B, heads, Hp*Wp, d)`` of the pooled map."""
         batch, height, width, _ = x.shape
         heads, d = self.l_heads, self.head_dim
         q = self.l_q(x).view(batch, height * width, heads, d).transpose(1, 2)
@@ -92,8 +145,42 @@ class HiLo(nn.Module):
         if self.ws > 1:
             pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), self.ws, self.ws).permute(0, 2, 3, 1)
         kv = self.l_kv(pooled).reshape(batch, pooled.shape[1] * pooled.shape[2], 2, heads, d).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], scale=self.scale)
+        return q, kv[0], kv[1]
+
+    def lofi(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token attends to the average-pooled map (the full map when ``ws == 1``)."""
+        batch, height, width, _ = x.shape
+        out = F.scaled_dot_product_attention(*self._lofi_qkv(x), scale=self.scale)
         return self.l_proj(out.transpose(1, 2).reshape(batch, height, width, self.l_dim))
+
+    def _attention_record(self, x: torch.Tensor, map_size: tuple[int, int]) -> HiLoRecord:
+        """Both branches' weights by explicit softmax (float32, float64 for float64 input) on the padded map."""
+        batch, height, width, _ = x.shape
+        s, d = self.ws, self.head_dim
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        hifi_attn = hifi_keys = hifi_v = lofi_attn = lofi_v = None
+        if self.h_heads > 0:
+            q, k, v = self.h_qkv(x).view(batch, height, width, 3, self.h_heads, d).unbind(3)
+            logits = (self._windows(q).to(dtype) @ self._windows(k).to(dtype).transpose(-1, -2)) * self.scale
+            attn = logits.softmax(-1).view(batch, height // s, width // s, self.h_heads, s, s, s * s)
+            hifi_attn = attn.permute(0, 3, 1, 4, 2, 5, 6).reshape(batch, self.h_heads, height, width, s * s)
+            hifi_keys, hifi_v = window_keys(height, width, s, x.device), v.detach()
+        if self.l_heads > 0:
+            q, k, v = self._lofi_qkv(x)
+            logits = (q.to(dtype) @ k.to(dtype).transpose(-1, -2)) * self.scale
+            lofi_attn = logits.softmax(-1).unflatten(2, (height, width))
+            lofi_v = v.transpose(1, 2).reshape(batch, height // s, width // s, self.l_heads, d).detach()
+        return HiLoRecord(
+            map_size,
+            (height, width),
+            s,
+            (height // s, width // s),
+            None if hifi_attn is None else hifi_attn.detach(),
+            hifi_keys,
+            hifi_v,
+            None if lofi_attn is None else lofi_attn.detach(),
+            lofi_v,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert_map(x, self.dim)
@@ -106,6 +193,8 @@ class HiLo(nn.Module):
             outs.append(self.hifi(x)[:, :height, :width])
         if self.l_heads > 0:
             outs.append(self.lofi(x)[:, :height, :width])
+        if self.recording:
+            self._record(self._attention_record(x, (height, width)))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
 
     def extra_repr(self) -> str:

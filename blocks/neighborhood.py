@@ -6,12 +6,14 @@ Hassani & Shi. "Dilated Neighborhood Attention Transformer" (arXiv 2209.15001).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
-from attnzoo.kernels import na2d
+from attnzoo.kernels import na2d, na2d_attention_weights
 from attnzoo.kernels._checks import (
     assert_map,
     check_dim_heads,
@@ -20,8 +22,39 @@ from attnzoo.kernels._checks import (
     check_positive_int,
 )
 
+from .record import AttentionRecord, QueryMap, RecordsAttention, scatter_to_grid
 
-class NeighborhoodAttention2D(nn.Module):
+
+@dataclass
+class NeighborhoodRecord(AttentionRecord):
+    """``attn`` ``(B, heads, H', W', k*k)`` over the keys ``keys`` ``(H', W', k*k)`` (raster positions in the
+    ``padded_size`` ``(H', W')`` map the mixer attends over), ``v`` ``(B, H', W', heads, d)``."""
+
+    map_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    kernel_size: int
+    dilation: int
+    attn: torch.Tensor
+    keys: torch.Tensor
+    v: torch.Tensor
+    kind: str = "neighborhood"
+
+    @property
+    def batch_size(self) -> int:
+        return self.attn.shape[0]
+
+    def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
+        self._check_query(row, col, batch)
+        weights = self.attn[batch, :, row, col].mean(0)
+        grid = scatter_to_grid(weights, self.keys[row, col], self.padded_size)
+        grid = grid[: self.map_size[0], : self.map_size[1]]  # keys in the zero padding stay off the picture
+        title = f"{self.kernel_size}x{self.kernel_size} neighbourhood" + (
+            f", dilation {self.dilation}" if self.dilation > 1 else ""
+        )
+        return [QueryMap(title, grid, marker=(row, col))]
+
+
+class NeighborhoodAttention2D(RecordsAttention, nn.Module):
     """Each pixel attends to its ``kernel_size x kernel_size`` (dilated) neighbourhood, plus NAT's bias.
 
     Parameters keep the NAT/DiNAT checkpoint names: ``qkv``, ``rpb`` ``(heads, 2k-1, 2k-1)``, ``proj``. Maps
@@ -77,6 +110,19 @@ class NeighborhoodAttention2D(nn.Module):
             scale=self.scale,
             attn_drop=self.attn_drop if self.training else 0.0,
         )
+        if self.recording:
+            attn, keys = na2d_attention_weights(q, k, self.kernel_size, self.dilation, self.rpb, self.scale)
+            self._record(
+                NeighborhoodRecord(
+                    (height, width),
+                    tuple(q.shape[1:3]),
+                    self.kernel_size,
+                    self.dilation,
+                    attn.detach(),
+                    keys,
+                    v.detach(),
+                )
+            )
         out = out.flatten(-2)[:, :height, :width]
         return self.proj_drop(self.proj(out))
 

@@ -9,7 +9,7 @@ exact ``torch`` reference backend everywhere; faster backends register themselve
 
 from ._dispatch import AUTO_ORDER, BACKENDS, BackendError, available_backends, use_backend
 from .ops import gather_attention, na2d
-from .torch_backend import neighborhood_indices
+from .torch_backend import na2d_attention_weights, neighborhood_indices
 
 __all__ = [
     "AUTO_ORDER",
@@ -18,6 +18,7 @@ __all__ = [
     "available_backends",
     "gather_attention",
     "na2d",
+    "na2d_attention_weights",
     "neighborhood_indices",
     "use_backend",
 ]

@@ -141,5 +141,28 @@ def gather_attention_torch(q, k, v, index, scale: float) -> torch.Tensor:
     return (attn.unsqueeze(-2) @ v_sel).squeeze(-2)
 
 
+def na2d_attention_weights(
+    q, k, kernel_size: int, dilation: int, rpb, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The softmax weights of :func:`na2d_torch` and the keys they belong to, for pictures and inspection.
+
+    ``q``, ``k``: ``(B, H, W, heads, d)``. Returns ``attn`` ``(B, heads, H, W, k*k)`` in float32 (float64 for
+    float64 input) and ``keys`` ``(H, W, k*k)``, the raster position of each weight's key (row-major over the
+    window). Gathers every query's keys, so memory is O(H * W * k^2 * C): meant for inspection, not training.
+    """
+    height, width = q.shape[1:3]
+    key_rows, bias_rows = neighborhood_indices(height, kernel_size, dilation, q.device)
+    key_cols, bias_cols = neighborhood_indices(width, kernel_size, dilation, q.device)
+    rows, cols = key_rows[:, None, :, None], key_cols[None, :, None, :]  # (H, 1, k, 1), (1, W, 1, k)
+    k_window = k[:, rows, cols]  # (B, H, W, k, k, heads, d)
+    dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    logits = torch.einsum("bijhd,bijsthd->bhijst", q.to(dtype), k_window.to(dtype)) * scale
+    if rpb is not None:
+        logits = logits + rpb[:, bias_rows[:, None, :, None], bias_cols[None, :, None, :]].to(logits.dtype)
+    attn = logits.flatten(-2).softmax(dim=-1)
+    keys = (rows * width + cols).flatten(-2)  # (H, W, k*k)
+    return attn, keys
+
+
 register("na2d", "torch", na2d_torch)
 register("gather_attention", "torch", gather_attention_torch)

@@ -18,12 +18,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-from timm.layers import _assert
+from timm.layers import _assert, to_2tuple
 from timm.models import davit, focalnet, pvt_v2, swin_transformer, vision_transformer
 from timm.models._features_fx import register_notrace_module
 from torch import nn
 
 from attnzoo.blocks import MIXERS, create_mixer
+from attnzoo.blocks.record import WindowedRecord
 
 SEQUENCE_MIXERS = ("agent", "sparsifiner")
 """Mixers that take a token sequence with prefix (class) tokens: the only ones a ViT with a class token can host."""
@@ -46,6 +47,26 @@ class WindowMixer(nn.Module):
         windows, tokens, channels = x.shape
         height, width = self.window_size
         return self.mixer(x.reshape(windows, height, width, channels)).reshape(windows, tokens, channels)
+
+    def adapt_recorder(self, callback, ancestors: list[nn.Module]):
+        """While :func:`attnzoo.blocks.record_attention` runs: the mixer's per-window records become
+        :class:`~attnzoo.blocks.record.WindowedRecord` over the host block's map, whose size a pre-hook on the
+        block (``ancestors[0]``) reads from each input (Swin: ``(B, H, W, C)``, DaViT: ``(B, C, H, W)``)."""
+        block = ancestors[0]
+        channels_first = isinstance(block, davit.SpatialBlock)
+        seen = {}
+
+        def remember_size(_, args):
+            seen["size"] = tuple(args[0].shape[2:4] if channels_first else args[0].shape[1:3])
+
+        handle = block.register_forward_pre_hook(remember_size)
+
+        def place(record):
+            window = tuple(record.map_size)
+            shift = to_2tuple(getattr(block, "shift_size", 0))
+            callback(WindowedRecord(record, seen["size"], window, shift=shift))
+
+        return place, handle.remove
 
 
 class SizedSequenceMixer(nn.Module):
