@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,50 @@ from attnzoo.kernels._checks import (
     check_optional_positive_real,
     check_positive_int,
 )
+
+from .record import AttentionRecord, QueryMap, RecordsAttention
+
+
+@dataclass
+class AgentRecord(AttentionRecord):
+    """``n = gh * gw`` agents (raster order over ``agent_grid``), ``P`` prefix tokens, keys on the ``key_size``
+    ``(h, w)`` grid (the map reduced by ``sr_ratio``), queries on ``map_size`` ``(H, W)``.
+
+    ``agent_attn`` ``(B, heads, n, P + h*w)``: agents over keys; ``query_attn`` ``(B, heads, P + H*W, n)``: queries
+    over agents; ``v`` ``(B, heads, P + h*w, d)``; ``local`` ``(B, H, W, C)``: the ``dwc`` term added to the patch
+    tokens. Output before ``proj``: ``query_attn @ (agent_attn @ v)``, heads merged, plus ``local`` on patches.
+    """
+
+    map_size: tuple[int, int]
+    key_size: tuple[int, int]
+    agent_grid: tuple[int, int]
+    num_prefix_tokens: int
+    agent_attn: torch.Tensor
+    query_attn: torch.Tensor
+    v: torch.Tensor
+    local: torch.Tensor
+    kind: str = "agent"
+
+    @property
+    def batch_size(self) -> int:
+        return self.agent_attn.shape[0]
+
+    def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
+        """The query's effective weights over the keys (through the agents), and its weights over the agents."""
+        self._check_query(row, col, batch)
+        height, width = self.map_size
+        prefix = self.num_prefix_tokens
+        to_agents = self.query_attn[batch, :, prefix + row * width + col]  # (heads, n)
+        effective = (to_agents[:, None, :] @ self.agent_attn[batch]).squeeze(1).mean(0)  # (P + h*w,)
+        (kh, kw), (gh, gw) = self.key_size, self.agent_grid
+        title = f"through {gh * gw} agents: {kh}x{kw} keys"
+        if prefix:
+            title += f" ({'cls' if prefix == 1 else 'prefix'} {effective[:prefix].sum().item():.2f})"
+        key_cell, agent_cell = (row * kh // height, col * kw // width), (row * gh // height, col * gw // width)
+        return [
+            QueryMap(title, effective[prefix:].view(kh, kw), marker=key_cell),
+            QueryMap(f"{gh}x{gw} agents", to_agents.mean(0).view(gh, gw), marker=agent_cell),
+        ]
 
 
 def _check_agent_num(agent_num: object) -> int:
@@ -44,7 +89,7 @@ def _check_window_size(window_size: object) -> tuple[int, int]:
     return check_positive_int("window_size[0]", window_size[0]), check_positive_int("window_size[1]", window_size[1])
 
 
-class AgentAttention(nn.Module):
+class AgentAttention(RecordsAttention, nn.Module):
     """Agent attention over one ``window_size`` map, optionally preceded by prefix (cls) tokens.
 
     Takes a channels-last map ``(B, H, W, C)`` (Agent-Swin; Agent-PVT with ``sr_ratio=1``: the window is the
@@ -235,6 +280,8 @@ class AgentAttention(nn.Module):
         opts = dict(dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
         agent_v = F.scaled_dot_product_attention(agents, k, v, attn_mask=agent_key, **opts)  # (B, h, n, d)
         out = F.scaled_dot_product_attention(q, agents, agent_v, attn_mask=query_agent, **opts)  # (B, h, N, d)
+        if self.recording:
+            self._record(self._attention_record(q, k, v, agents, agent_key, query_agent, local, height, width))
         # An explicit copy, not reshape: with a computed attn_mask, torch's ONNX (dynamo) decomposition of SDPA
         # gives its output other strides than export recorded, and the view that reshape recorded then fails.
         out = out.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(batch, n_tokens, channels)
@@ -243,6 +290,23 @@ class AgentAttention(nn.Module):
         else:
             out = out + local
         return self.proj_drop(self.proj(out))
+
+    def _attention_record(self, q, k, v, agents, agent_key, query_agent, local, height, width) -> AgentRecord:
+        """Both softmaxes by explicit math (float32, float64 for float64 input), with the forward's biases."""
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        q, k, agents = (t.detach().to(dtype) for t in (q, k, agents))
+        agent_attn = ((agents @ k.transpose(-1, -2)) * self.scale + agent_key.detach().to(dtype)).softmax(dim=-1)
+        query_attn = ((q @ agents.transpose(-1, -2)) * self.scale + query_agent.detach().to(dtype)).softmax(dim=-1)
+        return AgentRecord(
+            (height, width),
+            (height // self.sr_ratio, width // self.sr_ratio),
+            self.agent_grid,
+            self.num_prefix_tokens,
+            agent_attn,
+            query_attn,
+            v.detach(),
+            local.detach().view(q.shape[0], height, width, -1),
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -23,6 +23,8 @@ applied (as theirs), and attention runs in the input's dtype (they cast to fp32 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from timm.layers import _assert, trunc_normal_
@@ -37,7 +39,14 @@ from attnzoo.kernels._checks import (
     check_positive_int,
 )
 
+from .record import AttentionRecord, QueryMap, RecordsAttention, scatter_to_grid
+
 ATTN_TYPES = ("A", "B")
+
+
+def _record_dtype(t: torch.Tensor) -> torch.dtype:
+    """Recorded weights are float32, or float64 for float64 input."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _pool2(x: torch.Tensor) -> torch.Tensor:
@@ -78,6 +87,62 @@ def _children_of(selected: torch.Tensor, parent_width: int) -> torch.Tensor:
     return (top_left[..., None] + offsets.flatten()).flatten(-2)
 
 
+@dataclass
+class QuadTreeLevel:
+    """One pyramid level of a :class:`QuadTreeRecord`, ``N = h * w`` queries in raster order.
+
+    ``attn`` ``(B, heads, N, K)``: each query's weights over its candidate keys ``keys`` ``(B, heads, N, K)``
+    (raster positions at this level; ``None`` on the coarsest level, where every query sees all ``N`` keys in
+    order). ``v`` ``(B, heads, N, d)``: the level's values. ``lepe`` ``(B, h, w, C)``: variant B's LePE term of
+    this level (``None`` in A). The level's message is ``attn @ v[keys]``.
+    """
+
+    size: tuple[int, int]
+    attn: torch.Tensor
+    keys: torch.Tensor | None
+    v: torch.Tensor
+    lepe: torch.Tensor | None = None
+
+
+@dataclass
+class QuadTreeRecord(AttentionRecord):
+    """``levels`` coarsest first. B: every level's rows sum to 1, and the output (before ``proj``) is
+    ``sum_i level_weight[i] * upsample(message_i + lepe_i)``. A: ``level_weight`` is ``None``, the weights are as
+    A uses them (softmax over each parent's 4 children times the parent's score, keys refined below zeroed), so a
+    finest query's rows summed over its ancestors at every level total 1 (with one level, A still drops its top-k
+    keys, as the authors' code does, so rows total less); the output is ``sum_i upsample(message_i)``.
+    """
+
+    map_size: tuple[int, int]
+    attn_type: str
+    topk: int
+    levels: list[QuadTreeLevel]
+    level_weight: torch.Tensor | None
+    kind: str = "quadtree"
+
+    @property
+    def batch_size(self) -> int:
+        return self.levels[0].attn.shape[0]
+
+    def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
+        """Per level, coarsest first: the weights of the query's ancestor at that level over that level's grid."""
+        self._check_query(row, col, batch)
+        maps = []
+        for i, level in enumerate(self.levels):
+            shift = len(self.levels) - 1 - i
+            cell = (row >> shift, col >> shift)
+            height, width = level.size
+            index = cell[0] * width + cell[1]
+            weights = level.attn[batch, :, index]  # (heads, K)
+            if level.keys is None:
+                grid = weights.unflatten(-1, (height, width))
+            else:
+                grid = scatter_to_grid(weights, level.keys[batch, :, index], level.size)
+            title = f"level {i} ({height}x{width}): {weights.shape[-1]} keys"
+            maps.append(QueryMap(title, grid.mean(0), marker=cell))
+        return maps
+
+
 class _LevelMixing(nn.Module):
     """Variant B's per-level parameters (the authors' ``py_att``): level weights and LePE convs.
 
@@ -90,7 +155,7 @@ class _LevelMixing(nn.Module):
         self.weight = nn.Parameter(torch.randn(levels))
 
 
-class QuadTreeAttention(nn.Module):
+class QuadTreeAttention(RecordsAttention, nn.Module):
     """QuadTree attention (variants ``"A"`` and ``"B"``) on channels-last maps ``(B, H, W, C)``.
 
     Parameters keep the names of the authors' checkpoints: ``q_proj``/``k_proj``/``v_proj`` (1x1
@@ -179,9 +244,20 @@ class QuadTreeAttention(nn.Module):
                 values.append(_pool2(values[-1]))
         return queries, keys, values
 
+    def _candidate_weights(self, q: torch.Tensor, k: torch.Tensor, candidates: torch.Tensor | None) -> torch.Tensor:
+        """Recording only: softmax weights of ``q`` over all keys (``candidates=None``) or over its listed keys."""
+        dtype = _record_dtype(q)
+        q, k = q.detach().to(dtype), k.detach().to(dtype)
+        if candidates is None:
+            return ((q @ k.transpose(-1, -2)) * self.scale).softmax(dim=-1)
+        flat = candidates.flatten(2)[..., None].expand(-1, -1, -1, self.head_dim)
+        k_cand = k.gather(2, flat).view(*candidates.shape, self.head_dim)
+        return (torch.einsum("bhnd,bhnkd->bhnk", q, k_cand) * self.scale).softmax(dim=-1)
+
     def _forward_b(self, queries, keys, values) -> torch.Tensor:
         levels = self.sr_ratio
         weight = self.py_att.weight.softmax(dim=0)
+        recorded = [] if self.recording else None
         out = None
         selected = None  # (B, h, N_level, K) raster key positions chosen by each query of the level above
         for i in range(levels):  # i = 0 is the coarsest level
@@ -209,12 +285,19 @@ class QuadTreeAttention(nn.Module):
                     chosen = parents[:, :, :, None, :].expand(-1, -1, -1, 4, -1).gather(-1, local)
                     selected = _ungroup_children(chosen, height, width)
             lepe = self.py_att.get_vs[i](values[level].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            if recorded is not None:
+                candidates = None if i == 0 else per_query
+                attn = self._candidate_weights(q, k, candidates)
+                recorded.append(QuadTreeLevel((height, width), attn, candidates, v.detach(), lepe.detach()))
             term = (self._merge_heads(message, height, width) + lepe) * weight[i]
             out = term if out is None else _upsample2(out) + term
+        if recorded is not None:
+            self._record(QuadTreeRecord(tuple(queries[0].shape[1:3]), "B", self.topk, recorded, weight.detach()))
         return out
 
     def _forward_a(self, queries, keys, values) -> torch.Tensor:
         levels = self.sr_ratio
+        recorded = [] if self.recording else None
         out = None
         for i in range(levels):  # i = 0 is the coarsest level
             level = levels - 1 - i
@@ -225,6 +308,10 @@ class QuadTreeAttention(nn.Module):
                 score, selected = probs.topk(min(self.topk, k.shape[2]), dim=-1)
                 # the selected keys are refined on the finer levels, so the coarse message leaves them out
                 message = probs.scatter(-1, selected, 0.0) @ v
+                if recorded is not None:
+                    coarse = self._candidate_weights(q, k, None)
+                    record_score = coarse.gather(-1, selected)  # the recorded weights handed down to children
+                    recorded.append(QuadTreeLevel((height, width), coarse.scatter(-1, selected, 0.0), None, v.detach()))
             else:
                 parents = _children_of(selected, width // 2)  # (B, h, Np, 4K)
                 n_parent_keys = selected.shape[-1]
@@ -244,8 +331,21 @@ class QuadTreeAttention(nn.Module):
                     score = _ungroup_children(score, height, width)
                     probs = probs.scatter(-1, local, 0.0)
                 message = _ungroup_children(probs @ v_cand, height, width)
+                if recorded is not None:
+                    dtype = _record_dtype(q)
+                    logits = (q_grouped.detach().to(dtype) @ k_cand.detach().to(dtype).transpose(-1, -2)) * self.scale
+                    weights = logits.view(grouped_shape).softmax(dim=-1) * record_score[:, :, :, None, :, None]
+                    weights = weights.flatten(-2)
+                    if level > 0:
+                        record_score = _ungroup_children(weights.gather(-1, local), height, width)
+                        weights = weights.scatter(-1, local, 0.0)
+                    candidates = _ungroup_children(parents[:, :, :, None, :].expand(-1, -1, -1, 4, -1), height, width)
+                    attn = _ungroup_children(weights, height, width)
+                    recorded.append(QuadTreeLevel((height, width), attn, candidates, v.detach()))
             term = self._merge_heads(message, height, width)
             out = term if out is None else _upsample2(out) + term
+        if recorded is not None:
+            self._record(QuadTreeRecord(tuple(queries[0].shape[1:3]), "A", self.topk, recorded, None))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,50 @@ from torch import nn
 from attnzoo.kernels import gather_attention
 from attnzoo.kernels._checks import check_dim_heads, check_fraction, check_optional_positive_real, check_positive_int
 
+from .record import AttentionRecord, QueryMap, RecordsAttention, scatter_to_grid
+
 _SPARSE_IMPLS = ("gather", "masked")
+
+
+@dataclass
+class SparsifinerRecord(AttentionRecord):
+    """``N = P + H*W`` tokens, the first ``num_prefix_tokens`` ``P`` of them prefix (cls) tokens.
+
+    ``attn`` ``(B, heads, N-P, K)``: each patch query's softmax weights over its kept keys ``index``
+    ``(B, heads, N-P, K)`` (token positions in ``[0, N)``; in dense mode ``K = N`` and ``index`` lists every key).
+    ``prefix_attn`` ``(B, heads, P, N)``: the prefix queries' dense weights. ``v`` ``(B, heads, N, d)``.
+    ``map_size`` is ``None`` when the patch grid is unknown (then there is nothing to draw).
+    """
+
+    map_size: tuple[int, int] | None
+    num_prefix_tokens: int
+    dense: bool
+    attn: torch.Tensor
+    index: torch.Tensor
+    prefix_attn: torch.Tensor
+    v: torch.Tensor
+    kind: str = "sparsifiner"
+
+    @property
+    def batch_size(self) -> int:
+        return self.attn.shape[0]
+
+    def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
+        """The patch query's kept keys' weights over the patch grid; the prefix keys' share goes in the title."""
+        if self.map_size is None:
+            raise ValueError("this record has no patch grid (a token sequence given without grid_size): no maps")
+        self._check_query(row, col, batch)
+        prefix = self.num_prefix_tokens
+        query = row * self.map_size[1] + col
+        weights, keys = self.attn[batch, :, query], self.index[batch, :, query]  # (heads, K)
+        on_patch = keys >= prefix
+        grid = scatter_to_grid(weights * on_patch, (keys - prefix).clamp(min=0), self.map_size).mean(0)
+        n_keys = prefix + self.map_size[0] * self.map_size[1]
+        title = f"kept {keys.shape[-1]} of {n_keys} keys"
+        if prefix:
+            share = (weights * ~on_patch).sum(-1).mean().item()
+            title += f" ({'cls' if prefix == 1 else 'prefix'} {share:.2f})"
+        return [QueryMap(title, grid, marker=(row, col))]
 
 
 class SparsifinerMaskPredictor(nn.Module):
@@ -108,7 +152,7 @@ class SparsifinerMaskPredictor(nn.Module):
         )
 
 
-class SparsifinerAttention(nn.Module):
+class SparsifinerAttention(RecordsAttention, nn.Module):
     """Multi-head attention whose connectivity (top-k keys per query) a low-rank predictor chooses per image.
 
     Parameter names are the authors' checkpoint keys; defaults are their DeiT-S run
@@ -208,12 +252,13 @@ class SparsifinerAttention(nn.Module):
             tokens = x.flatten(1, 2)
         # the predictor's proj_n/proj_back_n are sized by the token count
         _assert(tokens.shape[1] == self.num_tokens, f"x must hold the module's num_tokens={self.num_tokens} tokens")
-        out, aux = self._mix(tokens, num_prefix_tokens, return_aux)
+        grid = x.shape[1:3] if x.dim() == 4 else grid_size  # for a record's pictures
+        out, aux = self._mix(tokens, num_prefix_tokens, return_aux, grid)
         if x.dim() == 4:
             out = out.view_as(x)
         return (out, aux) if return_aux else out
 
-    def _mix(self, x: torch.Tensor, prefix: int, return_aux: bool):
+    def _mix(self, x: torch.Tensor, prefix: int, return_aux: bool, grid: Sequence[int] | None = None):
         batch, n_tokens, channels = x.shape
         q, k, v = self.qkv(x).view(batch, n_tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         recon = self.training and self.attn_recon
@@ -243,8 +288,27 @@ class SparsifinerAttention(nn.Module):
             if prefix:  # prefix queries see every token: a (prefix x N) dense attention
                 head = F.scaled_dot_product_attention(q[:, :, :prefix], k, v, scale=self.scale)
                 out = torch.cat([head, out], dim=2)
+        if self.recording:
+            self._record(self._attention_record(q, k, v, index if not dense else None, prefix, grid))
         out = out.transpose(1, 2).reshape(batch, n_tokens, channels)
         return self.proj_drop(self.proj(out)), aux
+
+    def _attention_record(self, q, k, v, index, prefix: int, grid) -> SparsifinerRecord:
+        """The weights by explicit softmax (float32, float64 for float64 input); ``index=None``: dense."""
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        q, k = q.detach().to(dtype), k.detach().to(dtype)
+        batch, heads, n_tokens, head_dim = k.shape
+        dense = index is None
+        prefix_attn = ((q[:, :, :prefix] @ k.transpose(-1, -2)) * self.scale).softmax(dim=-1)
+        if dense:
+            attn = ((q[:, :, prefix:] @ k.transpose(-1, -2)) * self.scale).softmax(dim=-1)
+            index = torch.arange(n_tokens, device=q.device).expand(batch, heads, n_tokens - prefix, n_tokens)
+        else:
+            flat = index.flatten(2)[..., None].expand(-1, -1, -1, head_dim)
+            k_kept = k.gather(2, flat).view(*index.shape, head_dim)
+            attn = (torch.einsum("bhnd,bhnkd->bhnk", q[:, :, prefix:], k_kept) * self.scale).softmax(dim=-1)
+        grid = None if grid is None else (int(grid[0]), int(grid[1]))
+        return SparsifinerRecord(grid, prefix, dense, attn, index, prefix_attn, v.detach())
 
     def extra_repr(self) -> str:
         return (
