@@ -230,6 +230,102 @@ def _add_bench(commands) -> None:
     ptx.set_defaults(run="bench_ptx", parser=ptx)
 
 
+def _queries(text: str) -> list[tuple[int, int]]:
+    """``"112,80"`` or ``"40,40;100,180"`` -> [(Y, X), ...] pixels of the model's input."""
+    try:
+        queries = [tuple(int(n) for n in point.split(",")) for point in text.split(";") if point.strip()]
+    except ValueError:
+        queries = []
+    if not queries or any(len(q) != 2 for q in queries):
+        raise argparse.ArgumentTypeError(f"expected Y,X pixels such as 112,80 (several: 'Y,X;Y,X'), got {text!r}")
+    return queries
+
+
+def _size_px(text: str) -> tuple[int, int]:
+    """``"1200x800"`` -> (width, height) in pixels."""
+    try:
+        width, height = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels such as 1200x800, got {text!r}") from None
+    if min(width, height) < 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: a figure needs at least 32 pixels a side")
+    return width, height
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``"depths=[1,1,1,1]"`` -> ("depths", [1, 1, 1, 1]): a Python literal, else the text (timm's scripts' rule)."""
+    import ast
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as embed_dim=32, got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def _add_viz(commands) -> None:
+    viz = commands.add_parser(
+        "viz",
+        help="draw, for a query pixel, what each stage's mixer attends to, over the image (a PNG; matplotlib)",
+        description=(
+            "Run MODEL once on IMAGE (preprocessed with the model's timm data config) with every attnzoo mixer "
+            "recording, and draw, for the query pixel, each stage's mixer over the image as the model saw it: "
+            "NA/DiNAT neighbourhoods with their weights, HiLo's window and pooled map, QuadTree's regions per "
+            "level, Agent's agent maps, FocalNet's modulator, Sparsifiner's kept keys, DaViT's windows and channel "
+            "attention. timm's own davit_*/focalnet_* are grafted with attnzoo's mixers (same weights) first. "
+            "--grid draws every mixer's main map for several queries. Needs the [viz] extra (matplotlib)."
+        ),
+    )
+    viz.add_argument(
+        "model", nargs="?", default=None, metavar="MODEL", help="timm model name (optional with --checkpoint)"
+    )
+    viz.add_argument("--image", type=Path, required=True, metavar="PATH", help="image file (any format PIL reads)")
+    viz.add_argument("--out", type=Path, required=True, metavar="FIG.png", help="PNG to write")
+    viz.add_argument(
+        "--query",
+        type=_queries,
+        action="append",
+        default=None,
+        metavar="Y,X",
+        help="query pixel (row, column) of the model's input image (default: its centre); with --grid repeatable "
+        "or 'Y,X;Y,X' (default: a 3x3 lattice)",
+    )
+    viz.add_argument("--grid", action="store_true", help="rows: every mixer; columns: the queries; each main map")
+    viz.add_argument(
+        "--layers",
+        default=None,
+        metavar="WHICH",
+        help="last (each stage's last block; 4 spaced blocks of a ViT; default without --grid), all (default with "
+        "--grid), or comma-separated globs over module names such as 'stages.0.*'",
+    )
+    weights = viz.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", type=Path, default=None, metavar="CKPT", help="a .ckpt of attnzoo-train")
+    weights.add_argument("--pretrained", action="store_true", help="the model's registered weights (downloads)")
+    weights.add_argument(
+        "--pretrained-file", type=Path, default=None, metavar="PATH", help="weights file (.safetensors, .pth) to load"
+    )
+    viz.add_argument("--ema", action="store_true", help="with --checkpoint: its EMA weights")
+    viz.add_argument(
+        "--model-kwargs",
+        nargs="+",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="constructor arguments, Python literals (e.g. depths=[1,1,1,1] kernel_size=3)",
+    )
+    viz.add_argument(
+        "--size", type=_positive_int, default=None, help="input side N (default: the data config's; img_size if given)"
+    )
+    viz.add_argument(
+        "--size-px", type=_size_px, default=None, metavar="WxH", help="exact PNG size (default: grows with the panels)"
+    )
+    _add_device(viz)
+    viz.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    viz.set_defaults(run="viz", parser=viz)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``attnzoo`` parser; importing neither torch, timm nor attnzoo."""
     parser = _Parser(prog="attnzoo", description="attnzoo: efficient-attention vision transformers registered in timm.")
@@ -300,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     hub.add_argument("--message", default=None, help="commit message (default: names the checkpoint)")
     _add_datasets(hub)
     hub.set_defaults(run="push_to_hub", parser=hub)
+
+    _add_viz(commands)
 
     timm_script = commands.add_parser(
         "timm",

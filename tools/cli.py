@@ -385,6 +385,20 @@ def timm_script(args: argparse.Namespace) -> None:
         args.parser.error(str(error))
 
 
+# --- viz ------------------------------------------------------------------------------------------------------
+
+
+def viz(args: argparse.Namespace) -> None:
+    from . import viz as drawing
+
+    device = _device(args)
+    try:
+        path = drawing.command(args, device)
+    except drawing.VizError as error:
+        args.parser.error(str(error))
+    print(f"wrote {path}")
+
+
 COMMANDS = {
     "bench_kernels": bench_kernels,
     "bench_models": bench_models,
@@ -395,6 +409,7 @@ COMMANDS = {
     "export": export,
     "push_to_hub": push_to_hub,
     "timm_script": timm_script,
+    "viz": viz,
 }
 """``args.run`` (set by the parser) -> the function that runs the command."""
 
