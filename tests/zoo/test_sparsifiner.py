@@ -86,7 +86,7 @@ def test_default_cfg_points_at_timms_deit_small_weights():
     deit = timm.models.get_pretrained_cfg("deit_small_patch16_224")
     assert (ours.url, ours.hf_hub_id) == (deit.url, deit.hf_hub_id)
     assert ours.url == "https://dl.fbaipublicfiles.com/deit/deit_small_patch16_224-cd65a155.pth"
-    assert ours.license == "mit" and ours.paper_ids == "arXiv:2303.13755"
+    assert ours.license == "apache-2.0" and ours.paper_ids == "arXiv:2303.13755"
     assert ours.origin_url == "https://github.com/lim142857/Sparsifiner"
 
 
