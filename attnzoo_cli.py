@@ -93,7 +93,7 @@ def _add_json_output(parser: argparse.ArgumentParser, example: str) -> None:
 def _add_bench(commands) -> None:
     bench = commands.add_parser(
         "bench",
-        help="time kernels, blocks and models; print a table and, with --json PATH, write the report",
+        help="time kernels, blocks and models; print a table and, with --json PATH, write the report; plot reports",
         description="Print a table; --json PATH also writes the JSON report (device, versions, command line).",
     )
     suites = bench.add_subparsers(dest="suite", required=True, metavar="SUITE")
@@ -228,6 +228,23 @@ def _add_bench(commands) -> None:
     )
     _add_json_output(ptx, "benchmarks/ptx.json")
     ptx.set_defaults(run="bench_ptx", parser=ptx)
+
+    plot = suites.add_parser(
+        "plot",
+        help="draw kernels/blocks/models reports (--json files) as a PNG: time and peak memory (matplotlib)",
+        description=(
+            "One row per REPORT (a JSON file of bench kernels, blocks or models): median time and peak extra memory "
+            "against the map size, one line per implementation and mode (models: images/s per model, or time "
+            "against the batch), titled with the device and library versions. Needs the [viz] extra (matplotlib)."
+        ),
+    )
+    plot.add_argument("reports", nargs="+", type=Path, metavar="REPORT", help="e.g. benchmarks/kernels-cpu.json")
+    plot.add_argument("--out", type=Path, required=True, metavar="FIG.png", help="PNG to write")
+    plot.add_argument(
+        "--size", type=_size_px, default=None, metavar="WxH", help="exact PNG size (default: grows with the reports)"
+    )
+    plot.add_argument("--force", action="store_true", help="overwrite an existing --out file")
+    plot.set_defaults(run="bench_plot", parser=plot)
 
 
 def _queries(text: str) -> list[tuple[int, int]]:

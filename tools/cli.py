@@ -239,6 +239,16 @@ def bench_ptx(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def bench_plot(args: argparse.Namespace) -> None:
+    from .bench import plot
+
+    try:
+        path = plot.plot_reports(args.reports, args.out, size=args.size, force=args.force)
+    except plot.PlotError as error:
+        args.parser.error(str(error))
+    print(f"wrote {path}")
+
+
 # --- list and info --------------------------------------------------------------------------------------------
 
 
@@ -404,6 +414,7 @@ COMMANDS = {
     "bench_models": bench_models,
     "bench_blocks": bench_blocks,
     "bench_ptx": bench_ptx,
+    "bench_plot": bench_plot,
     "list_models": list_models,
     "model_info": show_model_info,
     "export": export,

@@ -118,7 +118,7 @@ def test_one_flag_style_and_every_command_runs_something():
         if run is not None:
             leaves += 1
             assert run in cli.COMMANDS and parser.get_default("parser") is parser, parser.prog
-    assert leaves == len(cli.COMMANDS) == 10
+    assert leaves == len(cli.COMMANDS) == 11
 
 
 def test_launcher_choices_match_their_sources():

@@ -1,4 +1,5 @@
-"""The benchmarks behind the project's performance claims (``attnzoo bench {kernels,blocks,models,ptx}``).
+"""The benchmarks behind the project's performance claims (``attnzoo bench {kernels,blocks,models,ptx}``),
+and their pictures (``attnzoo bench plot``, :mod:`.plot`).
 
 Each suite times forward and forward+backward with ``torch.utils.benchmark`` and the peak extra memory
 of one call, and, with ``--json PATH``, writes JSON with the device, library versions and command line (the
