@@ -57,7 +57,8 @@ class AgentRecord(AttentionRecord):
         return self.agent_attn.shape[0]
 
     def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
-        """The query's effective weights over the keys (through the agents), and its weights over the agents."""
+        """The query's effective weights over the keys (through the agents), its weights over the agents, and the
+        map of its strongest agent: that agent's weights over the keys (the paper's agent maps)."""
         self._check_query(row, col, batch)
         height, width = self.map_size
         prefix = self.num_prefix_tokens
@@ -68,9 +69,14 @@ class AgentRecord(AttentionRecord):
         if prefix:
             title += f" ({'cls' if prefix == 1 else 'prefix'} {effective[:prefix].sum().item():.2f})"
         key_cell, agent_cell = (row * kh // height, col * kw // width), (row * gh // height, col * gw // width)
+        per_agent = to_agents.mean(0)
+        strongest = int(per_agent.argmax())
+        agent_map = self.agent_attn[batch, :, strongest, prefix:].mean(0).view(kh, kw)  # what that agent gathered
+        agent_title = f"agent {strongest // gw},{strongest % gw} ({per_agent[strongest].item():.2f} of the query)"
         return [
             QueryMap(title, effective[prefix:].view(kh, kw), marker=key_cell),
-            QueryMap(f"{gh}x{gw} agents", to_agents.mean(0).view(gh, gw), marker=agent_cell),
+            QueryMap(f"{gh}x{gw} agents", per_agent.view(gh, gw), marker=agent_cell),
+            QueryMap(agent_title, agent_map, marker=key_cell),
         ]
 
 

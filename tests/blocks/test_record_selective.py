@@ -337,9 +337,14 @@ def test_agent_record_float32():
 def test_agent_query_maps(case):
     m, x, call = _agent(case)
     _, record = _recorded(m, x, **call)
-    through, agents = record.query_maps(4, 3, batch=1)
+    through, agents, strongest = record.query_maps(4, 3, batch=1)
     kh, kw = record.key_size
     gh, gw = record.agent_grid
+    top = int(agents.values.flatten().argmax())
+    assert strongest.title.startswith(f"agent {top // gw},{top % gw} (")
+    torch.testing.assert_close(
+        strongest.values.flatten(), record.agent_attn[1, :, top, record.num_prefix_tokens :].mean(0)
+    )
     assert through.values.shape == record.key_size and agents.values.shape == record.agent_grid
     height, width = record.map_size
     assert through.marker == (4 * kh // height, 3 * kw // width) and agents.marker == (
