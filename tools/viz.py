@@ -106,7 +106,8 @@ def load_model(
         return model.eval(), contents.model, config
     if name is None:
         raise VizError("name a MODEL, or give --checkpoint CKPT")
-    message = unknown_model_message(name.partition(".")[0])
+    # timm's sources by prefix (an exported model: `local-dir:DIR`, or `hf-hub:ORG/NAME`) are timm's to resolve
+    message = None if name.startswith(("hf-hub:", "local-dir:")) else unknown_model_message(name.partition(".")[0])
     if message is not None:
         raise VizError(message)
     if pretrained_file is None:

@@ -180,6 +180,22 @@ def test_pretrained_file_loads_a_head_of_any_size(gradient, tmp_path):
     _png(out, Image.open(out).size)
 
 
+def test_an_exported_model_folder_is_drawn_through_local_dir(gradient, tmp_path, capsys):
+    """`attnzoo export` writes timm's Hub layout; `local-dir:DIR` (or `hf-hub:ORG/NAME`) is timm's to resolve."""
+    model = timm.create_model("nat_mini", num_classes=10, **TINY_NAT)
+    timm.models.save_for_hf(model, str(tmp_path / "export"), model_args=TINY_NAT, safe_serialization=True)
+    loaded, _, _ = drawing.load_model(f"local-dir:{tmp_path / 'export'}", pretrained=True)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
+    out = tmp_path / "exported.png"
+    argv = ["viz", "--image", str(gradient), "--size", "64", "--pretrained", "--out", str(out)]
+    cli.main([argv[0], f"local-dir:{tmp_path / 'export'}", *argv[1:]])
+    _png(out, Image.open(out).size)
+    error = _one_line_error(
+        capsys, [argv[0], f"local-dir:{tmp_path / 'missing'}", *argv[1:-1], str(tmp_path / "x.png")]
+    )
+    assert "config.json" in error
+
+
 def test_pretrained_asks_timm_for_the_registered_weights(gradient, tmp_path, monkeypatch):
     """No network here: the flag's wiring only (timm.create_model gets pretrained=True)."""
     create, calls = timm.create_model, []
