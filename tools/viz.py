@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import os
-import secrets
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,8 @@ from torch import nn
 
 from attnzoo._names import unknown_model_message
 from attnzoo.blocks.record import AttentionRecord, record_attention, recordable_modules
+
+from . import png
 
 __all__ = ["Panel", "VizError", "command", "load_model", "query_panels", "read_image", "select_mixers", "visualize"]
 
@@ -354,36 +354,12 @@ def draw(
 
 def check_out(out: str | Path, force: bool) -> Path:
     """``--out`` as a path the PNG may be written to (checked before the model is built)."""
-    out = Path(out)
-    if out.is_dir():
-        raise VizError(f"--out: {out} is a folder; give a file path such as {out / 'attention.png'}")
-    if out.exists() and not force:
-        raise VizError(f"--out: {out} exists; pass --force to overwrite it")
-    return out
+    return png.check_out(out, force, VizError, "attention.png")
 
 
 def write_png(figure, out: str | Path, force: bool = False) -> Path:
-    """Save through a temporary file next to ``out``, then move it in: a reader never sees half a PNG, and
-    without ``force`` an existing file (even one created meanwhile) is never replaced."""
-    out = check_out(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as handle:
-            figure.savefig(handle, format="png", dpi=DPI)
-        if force:
-            os.replace(temporary, out)
-        else:
-            try:
-                os.link(temporary, out)  # creates, never replaces
-            except FileExistsError:
-                raise VizError(f"--out: {out} exists; pass --force to overwrite it") from None
-            except OSError:  # a file system without hard links
-                check_out(out, force)
-                os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return out
+    """The figure into ``out``, whole or not at all, never over an existing file without ``force``."""
+    return png.write_png(figure, out, force, DPI, VizError, "attention.png")
 
 
 # --- the whole picture -----------------------------------------------------------------------------------------

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import secrets
 import textwrap
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .. import png
 
 __all__ = ["SUITES", "PlotError", "Report", "check_out", "draw", "plot_reports", "read_report", "write_png"]
 
@@ -412,39 +412,14 @@ def draw(reports: Sequence[Report], size_px: tuple[int, int] | None = None, dpi:
 
 def check_out(out: str | Path, force: bool) -> Path:
     """``out`` as a path the PNG may be written to: a .png file, not over an existing one unless ``force``."""
-    out = Path(out)
-    if out.is_dir():
-        raise PlotError(f"--out: {out} is a folder; give a file path such as {out / 'benchmarks.png'}")
-    if out.suffix.lower() != ".png":
-        raise PlotError(f"--out: {out} is not a .png path (the picture is a PNG)")
-    if out.exists() and not force:
-        raise PlotError(f"--out: {out} exists; pass --force to overwrite it")
-    return out
+    return png.check_out(out, force, PlotError, "benchmarks.png", png_suffix=True)
 
 
 def write_png(figure, out: str | Path, force: bool = False, dpi: int = DPI) -> Path:
-    """Save through a temporary file next to ``out``, then move it in: no reader sees half a PNG, and without
-    ``force`` an existing file (even one created meanwhile) is never replaced."""
-    out = check_out(out, force)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as handle, warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # a --size too small for the layout: drawn as it fits
-            figure.savefig(handle, format="png", dpi=dpi)
-        if force:
-            os.replace(temporary, out)
-        else:
-            try:
-                os.link(temporary, out)  # creates, never replaces
-            except FileExistsError:
-                raise PlotError(f"--out: {out} exists; pass --force to overwrite it") from None
-            except OSError:  # a file system without hard links
-                check_out(out, force)
-                os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return out
+    """The figure into ``out``, whole or not at all, never over an existing file without ``force``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a --size too small for the layout: drawn as it fits
+        return png.write_png(figure, out, force, dpi, PlotError, "benchmarks.png", png_suffix=True)
 
 
 def plot_reports(
