@@ -15,7 +15,7 @@ from torch import nn
 
 from attnzoo.kernels._checks import assert_map, check_dim_heads, check_positive_int
 
-from .record import AttentionRecord, QueryMap, RecordsAttention, scatter_to_grid, window_keys
+from .record import AttentionRecord, QueryMap, RecordsAttention, query_grid, window_keys
 
 
 @dataclass
@@ -38,8 +38,7 @@ class SpatialWindowRecord(AttentionRecord):
 
     def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
         self._check_query(row, col, batch)
-        weights = self.attn[batch, :, row, col].mean(0)
-        grid = scatter_to_grid(weights, self.keys[row, col], self.padded_size)[: self.map_size[0], : self.map_size[1]]
+        grid = query_grid(self.attn, self.keys, (batch, row, col), self.padded_size, self.map_size)
         return [QueryMap(f"{self.window_size}x{self.window_size} window", grid, marker=(row, col))]
 
 

@@ -26,7 +26,7 @@ from attnzoo.kernels._checks import (
     check_positive_int,
 )
 
-from .record import AttentionRecord, QueryMap, RecordsAttention, scatter_to_grid, window_keys
+from .record import AttentionRecord, QueryMap, RecordsAttention, query_grid, window_keys
 
 
 @dataclass
@@ -60,8 +60,7 @@ class HiLoRecord(AttentionRecord):
         s = self.window_size
         maps = []
         if self.hifi_attn is not None:
-            weights = self.hifi_attn[batch, :, row, col].mean(0)
-            grid = scatter_to_grid(weights, self.hifi_keys[row, col], self.padded_size)[:height, :width]
+            grid = query_grid(self.hifi_attn, self.hifi_keys, (batch, row, col), self.padded_size, self.map_size)
             maps.append(QueryMap(f"Hi-Fi: {s}x{s} window", grid, marker=(row, col)))
         if self.lofi_attn is not None:
             pooled = self.lofi_attn[batch, :, row, col].mean(0).unflatten(-1, self.pooled_size)

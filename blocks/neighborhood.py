@@ -22,7 +22,7 @@ from attnzoo.kernels._checks import (
     check_positive_int,
 )
 
-from .record import AttentionRecord, QueryMap, RecordsAttention, scatter_to_grid
+from .record import AttentionRecord, QueryMap, RecordsAttention, query_grid
 
 
 @dataclass
@@ -45,9 +45,7 @@ class NeighborhoodRecord(AttentionRecord):
 
     def query_maps(self, row: int, col: int, batch: int = 0) -> list[QueryMap]:
         self._check_query(row, col, batch)
-        weights = self.attn[batch, :, row, col].mean(0)
-        grid = scatter_to_grid(weights, self.keys[row, col], self.padded_size)
-        grid = grid[: self.map_size[0], : self.map_size[1]]  # keys in the zero padding stay off the picture
+        grid = query_grid(self.attn, self.keys, (batch, row, col), self.padded_size, self.map_size)
         title = f"{self.kernel_size}x{self.kernel_size} neighbourhood" + (
             f", dilation {self.dilation}" if self.dilation > 1 else ""
         )

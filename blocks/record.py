@@ -199,6 +199,24 @@ def scatter_to_grid(weights: torch.Tensor, keys: torch.Tensor, size: tuple[int, 
     return grid.unflatten(-1, (height, width))
 
 
+def query_grid(
+    attn: torch.Tensor,
+    keys: torch.Tensor,
+    query: tuple[int, int, int],
+    padded_size: tuple[int, int],
+    map_size: tuple[int, int],
+) -> torch.Tensor:
+    """The head-averaged weights of one query over the keys listed for it, as a ``map_size`` grid.
+
+    ``attn`` ``(B, heads, H', W', K)`` over raster positions ``keys`` ``(H', W', K)`` of the ``padded_size``
+    ``(H', W')`` map the mixer attends over (the layout of NA's, HiLo's Hi-Fi and DaViT's window records);
+    ``query`` is ``(batch, row, col)``. Keys in the mixer's zero padding stay off the picture.
+    """
+    batch, row, col = query
+    grid = scatter_to_grid(attn[batch, :, row, col].mean(0), keys[row, col], padded_size)
+    return grid[: map_size[0], : map_size[1]]
+
+
 def window_keys(height: int, width: int, window: int, device=None) -> torch.Tensor:
     """``(H, W, window**2)``: raster positions of the keys of each query's non-overlapping window (row-major).
 
@@ -224,6 +242,7 @@ __all__ = [
     "AttentionRecord",
     "AttentionRecords",
     "attend_listed",
+    "query_grid",
     "QueryMap",
     "RecordsAttention",
     "WindowedRecord",
