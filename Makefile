@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.attnzoo-installed
 
-.PHONY: venv test lint demo bench
+.PHONY: venv test check lint demo bench
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
+# One pytest-xdist worker per core (tests/conftest.py gives each its share of torch's threads); work stealing
+# evens out the long tests. `make check` is the quick tier: lint, then the tests marked `quick`.
+PYTEST_PARALLEL := -n auto --dist worksteal
+
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_PARALLEL)
+
+check: lint
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m quick
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,7 +10,6 @@ their own metadata. They are linked from this environment rather than installed 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -22,9 +21,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["pyproject.toml", "README.md", "LICENSE", "attnzoo_cli.py", "zoo", "blocks", "kernels", "train", "tools"]
-SOURCES += ["configs"]
+from tests.source_tree import ROOT, copy_source_tree
 
 
 def _core_closure(requirements: list[str]) -> set[str]:
@@ -65,11 +62,7 @@ def _link_distributions(names: set[str], into: Path) -> None:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    source = tmp_path_factory.mktemp("source")
-    for name in SOURCES:
-        path = ROOT / name
-        copy = shutil.copytree if path.is_dir() else shutil.copy2
-        copy(path, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if path.is_dir() else {}))
+    source = copy_source_tree(tmp_path_factory.mktemp("source"))
     dist = tmp_path_factory.mktemp("dist")
     command = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "--no-index"]
     subprocess.run([*command, "--wheel-dir", str(dist), str(source)], check=True, capture_output=True)

@@ -34,7 +34,7 @@ VARIANTS = {
     "agent_pvt_large": "agent_pvt_l",
 }
 # agent_transformer/README.md "Pretrained Models" table: FLOPs (= MACs, counted with fvcore by their temp.py) at
-# the variant's resolution, and params in M where printed with 3+ digits (SPEC.md 5.2 / FIXTURES.md A).
+# the variant's resolution, and params in M where printed with 3+ digits (tests/fixtures/README.md, Agent part).
 PAPER_GMACS = {
     "agent_swin_tiny": 4.5,
     "agent_swin_small": 8.7,

@@ -14,7 +14,8 @@ from tests.fixtures import FIXTURES
 
 RELEASE = json.loads((FIXTURES / "litv2_release_shapes.json").read_text())
 
-# Paper/README "FLOPs" (MACs by the usual convention, SPEC.md §2.2) at the variant's resolution.
+# The authors' README "FLOPs" (MACs by the usual convention; the LITv2 paper's ImageNet table) at the variant's
+# resolution.
 PAPER_GMACS = {"litv2_small": 3.7, "litv2_medium": 7.5, "litv2_base": 13.2, "litv2_base_384": 39.7}
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 

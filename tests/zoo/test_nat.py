@@ -13,7 +13,8 @@ from tests.fixtures import FIXTURES
 
 RELEASE = json.loads((FIXTURES / "nat_dinat_release_shapes.json").read_text())
 
-# Paper/README numbers (SPEC.md §1.2): params (M, as printed) and GMACs at the variant's resolution.
+# Paper numbers (the NAT paper's ImageNet table, as the authors' classification/NAT.md prints them): params (M, as
+# printed) and GMACs at the variant's resolution.
 PAPER_GMACS = {
     "nat_mini": 2.7,
     "nat_tiny": 4.3,
