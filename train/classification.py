@@ -28,6 +28,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from attnzoo._names import unknown_model_message
+from attnzoo.weights import WeightsDownloadError, WeightsHashError, WeightsLoadError, verified_download
 
 from .optim import check_opt_and_sched, param_groups, per_update_schedule
 
@@ -49,6 +50,15 @@ def _check_model_name(name: str) -> None:
 
 def _is_url(text: str) -> bool:
     return text.startswith(("http://", "https://"))
+
+
+def _download_pretrained_file(url: str) -> str:
+    """The cached file of a ``pretrained_file`` URL, through the zoo's one verified download (bounded, retried,
+    checked against its Content-Length, loaded and hash-checked before it is trusted); its errors name the argument."""
+    try:
+        return str(verified_download(url))
+    except (WeightsDownloadError, WeightsLoadError, WeightsHashError) as error:
+        raise type(error)(f"pretrained_file: {error}") from None
 
 
 def _classifier_rows(state_dict: dict[str, torch.Tensor], classifier: str | None) -> int | None:
@@ -240,9 +250,7 @@ class ClassificationTask(LightningModule):
         if hp.pretrained_file:
             path = hp.pretrained_file
             if _is_url(path):
-                from timm.models._hub import download_cached_file
-
-                path = download_cached_file(path)
+                path = _download_pretrained_file(path)
             state_dict = timm.models.load_state_dict(path, use_ema=False)
             if state_dict and all(k.startswith(("model.", "model_ema.")) for k in state_dict):
                 raise ValueError(

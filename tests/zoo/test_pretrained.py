@@ -85,7 +85,7 @@ def test_pretrained_from_a_url_with_its_sha256_checked(server, hub_dir, fixture)
         **fixture["kwargs"],
     )
     torch.testing.assert_close(logits(model, fixture), fixture["logits"], atol=1e-4, rtol=1e-4)
-    cached = next(hub_dir.rglob(name))
+    cached = weights.cache_path(f"{base_url}/{name}")
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == sha256
 
 
@@ -116,7 +116,7 @@ def test_a_downloaded_file_that_changes_after_its_first_use_is_refused_by_name(s
     torch.save(fixture["state_dict"], root / "plain.pth")
     create_from(base_url, "plain.pth", fixture)
     records = json.loads((hub_dir / weights.RECORD_NAME).read_text())
-    cached = hub_dir / "checkpoints" / "plain.pth"
+    cached = weights.cache_path(f"{base_url}/plain.pth")
     assert records == {f"{base_url}/plain.pth": hashlib.sha256(cached.read_bytes()).hexdigest()}
     create_from(base_url, "plain.pth", fixture)  # unchanged: loads again
     state = dict(fixture["state_dict"])
@@ -154,5 +154,6 @@ def test_a_share_link_without_a_file_name_downloads_into_a_named_cache_file(serv
         "agent_pvt_tiny", pretrained=True, pretrained_cfg_overlay=dict(url=url, num_classes=10), **kwargs
     )
     torch.testing.assert_close(logits(model, fx), fx["logits"], atol=1e-4, rtol=1e-4)
-    cached = hub_dir / "checkpoints" / "127.0.0.1-f-13fdf0e0a7c5498c934f.pth"
+    cached = hub_dir / "checkpoints" / weights.cache_name(url)
+    assert cached.name.endswith("-127.0.0.1-f-13fdf0e0a7c5498c934f.pth")
     assert cached.is_file() and url in json.loads((hub_dir / weights.RECORD_NAME).read_text())
