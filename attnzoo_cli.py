@@ -379,11 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
             "`import attnzoo`) or timm.create_model(NAME, pretrained=True, num_classes=K, "
             "pretrained_cfg_overlay=dict(file=OUT_DIR/model.safetensors, num_classes=K)) load it. config.json records "
             "the model's arguments and the preprocessing it was trained with. --onnx also writes OUT_DIR/model.onnx, "
-            "checked against the eager model."
+            "checked against the eager model. A folder that already holds files is written into only with --force."
         ),
     )
     export.add_argument("checkpoint", type=Path, metavar="CKPT", help="a .ckpt written by attnzoo-train")
     export.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="folder to write (created if missing)")
+    export.add_argument(
+        "--force", action="store_true", help="export into OUT_DIR even if it holds files (replacing the export's own)"
+    )
     export.add_argument("--ema", action="store_true", help="export the EMA weights (runs with ema_decay set)")
     export.add_argument("--onnx", action="store_true", help="also write OUT_DIR/model.onnx (checked numerically)")
     export.add_argument(

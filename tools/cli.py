@@ -354,10 +354,13 @@ def export(args: argparse.Namespace) -> None:
     from . import export as exporting
 
     try:
-        out = exporting.export_checkpoint(args.checkpoint, args.out_dir, ema=args.ema, datasets=args.datasets)
+        out = exporting.export_checkpoint(
+            args.checkpoint, args.out_dir, ema=args.ema, datasets=args.datasets, force=args.force
+        )
         tolerance = {} if args.onnx_atol is None else {"atol": args.onnx_atol}
         onnx = exporting.export_onnx(out, **tolerance) if args.onnx else None
-    except (FileNotFoundError, ValueError, RuntimeError) as error:  # RuntimeError: torch.export cannot trace it
+    # FileExistsError: a folder with files in it, without --force; RuntimeError: torch.export cannot trace it
+    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as error:
         args.parser.error(str(error))
     config = json.loads((out / "config.json").read_text())
     written = [out / name for name in ("model.safetensors", "config.json", "README.md")] + ([onnx] if onnx else [])

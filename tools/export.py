@@ -28,7 +28,7 @@ from attnzoo.train.checkpoint import read_checkpoint
 
 from . import model_card
 
-__all__ = ["ONNX_ATOL", "ONNX_RTOL", "check_onnx", "export_checkpoint", "export_onnx"]
+__all__ = ["ONNX_ATOL", "ONNX_RTOL", "check_onnx", "check_out_dir", "export_checkpoint", "export_onnx"]
 
 # |onnx - eager| <= ONNX_ATOL + ONNX_RTOL * |eager|, elementwise on the logits. Measured on the CPU in fp32 (2 cores,
 # onnxruntime 1.32, torch 2.14.1): the smallest variant of every family at its input size, random weights, batches of
@@ -40,6 +40,20 @@ ONNX_ATOL = 1e-4
 ONNX_RTOL = 1e-4
 
 
+def check_out_dir(out_dir: str | Path, force: bool) -> Path:
+    """``out_dir`` as a folder the export may write: missing or empty, or any folder with ``force``.
+
+    Checked before anything is read or written, so that a refused export leaves a user's ``README.md`` or
+    ``config.json`` as it was (``attnzoo viz`` and ``bench`` refuse to replace a file in the same words).
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"out_dir: {out_dir} is a file; give a folder to export into")
+    if out_dir.is_dir() and not force and any(out_dir.iterdir()):
+        raise FileExistsError(f"out_dir: {out_dir} is not empty; pass --force to export into it")
+    return out_dir
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -48,6 +62,7 @@ def export_checkpoint(
     model_name: str | None = None,
     repo_id: str | None = None,
     datasets: Sequence[str] = (),
+    force: bool = False,
 ) -> Path:
     """Write ``out_dir/model.safetensors``, ``out_dir/config.json`` (timm's pretrained-config layout) and
     ``out_dir/README.md`` (the model card).
@@ -57,10 +72,12 @@ def export_checkpoint(
     and the preprocessing the weights were trained with, so ``timm.data.resolve_model_data_config`` of the reloaded
     model reproduces the validation transform. The card (see :mod:`.model_card`) takes its title from
     ``model_name`` (default: the folder's name), its usage line from ``repo_id`` and its Hub dataset ids from
-    ``datasets``; its license is the one of the weights, which ``pretrained_cfg["license"]`` repeats.
+    ``datasets``; its license is the one of the weights, which ``pretrained_cfg["license"]`` repeats. A folder that
+    already holds files is written into only with ``force`` (:func:`check_out_dir`).
     """
     if isinstance(datasets, str):
         raise TypeError(f"datasets: a list of Hub dataset ids, not the string {datasets!r}")
+    out_dir = check_out_dir(out_dir, force)
     contents = read_checkpoint(checkpoint, ema=ema)
     label_names = contents.label_names  # the class folder names of an ImageFolder run, checked by the reader
     model = timm.create_model(
@@ -68,7 +85,6 @@ def export_checkpoint(
     )
     model.load_state_dict(contents.state_dict, strict=True)
     model.eval()
-    out_dir = Path(out_dir)
     data_config = {
         k: tuple(v) if isinstance(v, list) else v
         for k, v in contents.data_config.items()

@@ -172,8 +172,8 @@ def test_cuda_home_warning_alone_is_silenced():
 def test_export_wiring_writes_the_folder_then_onnx(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def export_checkpoint(checkpoint, out_dir, ema=False, datasets=()):
-        calls.append(("checkpoint", checkpoint, out_dir, ema, datasets))
+    def export_checkpoint(checkpoint, out_dir, ema=False, datasets=(), force=False):
+        calls.append(("checkpoint", checkpoint, out_dir, ema, datasets, force))
         out_dir.mkdir()
         config = {"architecture": "nat_mini", "num_classes": 3, "pretrained_cfg": {"input_size": [3, 32, 32]}}
         (out_dir / "config.json").write_text(json.dumps(config))
@@ -187,7 +187,7 @@ def test_export_wiring_writes_the_folder_then_onnx(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(exporting, "export_onnx", export_onnx, raising=False)
     out = tmp_path / "out"
     cli.main(["export", "run.ckpt", str(out), "--ema", "--onnx", "--onnx-atol", "0.01", "--dataset", "a/b"])
-    assert calls == [("checkpoint", Path("run.ckpt"), out, True, ["a/b"]), ("onnx", out, {"atol": 0.01})]
+    assert calls == [("checkpoint", Path("run.ckpt"), out, True, ["a/b"], False), ("onnx", out, {"atol": 0.01})]
     assert f"{out / 'README.md'}, {out / 'model.onnx'}" in capsys.readouterr().out
 
     def mismatch(out_dir, **tolerance):

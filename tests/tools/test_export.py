@@ -153,6 +153,34 @@ def test_card_license_is_the_weights_license(tmp_path, pretrained, license):
     assert "Not recorded" in card.text and not card.data.eval_results  # no run folder, no ModelCheckpoint
 
 
+def test_export_into_a_folder_with_files_needs_force(tmp_path, capsys):
+    """A user's README.md and config.json stay as they were unless --force; viz and bench refuse in the same words."""
+    from attnzoo.tools import cli
+
+    checkpoint = _litv2_checkpoint(tmp_path / "run.ckpt", pretrained=False)
+    out = tmp_path / "mine"
+    out.mkdir()
+    mine = {"README.md": "# my notes\n", "config.json": '{"mine": true}\n', "notes.txt": "keep\n"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    with pytest.raises(FileExistsError, match=r"^out_dir: .*mine is not empty; pass --force to export into it$"):
+        export_checkpoint(checkpoint, out)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", str(checkpoint), str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("attnzoo export: error: out_dir: ") and "pass --force" in err
+    assert {p.name: p.read_text() for p in out.iterdir()} == mine  # untouched
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="out_dir: .*file is a file; give a folder"):
+        export_checkpoint(checkpoint, tmp_path / "file")
+    cli.main(["export", str(checkpoint), str(out), "--force"])
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "notes.txt"]
+    assert "litv2_small" in (out / "config.json").read_text() and (out / "notes.txt").read_text() == "keep\n"
+    (tmp_path / "empty").mkdir()
+    assert (export_checkpoint(checkpoint, tmp_path / "empty") / "model.safetensors").is_file()  # an empty folder: fine
+
+
 def test_weights_license_never_promotes_an_unknown_license():
     agent = timm.models.get_pretrained_cfg("agent_swin_tiny").to_dict()
     assert model_card.weights_license(agent, pretrained=True).id == "unknown"
