@@ -3,18 +3,26 @@
 Everything on the card is read from the training checkpoint and its run folder, never guessed: a fact that is
 not recorded (a dataset's Hub id, the scores of a checkpoint written between validations) is left out or said to
 be unknown. The front matter is written by ``huggingface_hub.ModelCardData``, so the Hub parses it as its own.
+
+What comes from data (class names, dataset ids, run and folder names, file names, logged metric names) is escaped
+on the way in: in the markdown body it is shown as a code span (:func:`markdown_code`) or as escaped text
+(:func:`markdown_text`), so that a class folder named ``# x`` or ``<script>`` adds no heading, HTML or link, and
+the front matter is dumped so that every string reads back as itself (:func:`front_matter_yaml`).
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import torch
+import yaml
 
 __all__ = [
     "CODE_LICENSE",
@@ -24,6 +32,9 @@ __all__ = [
     "RunRecord",
     "WeightsLicense",
     "dataset_summary",
+    "front_matter_yaml",
+    "markdown_code",
+    "markdown_text",
     "paper_for",
     "read_run",
     "render_card",
@@ -48,6 +59,63 @@ _HUB_LICENSES = {
     "gpl-3.0",
     "unknown",
 }
+
+
+# --- data into markdown and YAML ------------------------------------------------------------------------------
+
+
+def _visible(value: Any) -> str:
+    """``value`` as one line: line breaks and other unprintable characters as their escapes (``\\n``, ``\\x1b``), so
+    that data never starts a line of its own (a heading, a list, a fence) nor splits a table row."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in str(value))
+
+
+# backslash-escaped: inline markup, link and image brackets, heading marks, table pipes, and the ':' and '@' from
+# which GitHub-flavoured markdown makes links on its own (http://, e-mail); '<', '>', '&' become entities
+_ESCAPES = {ch: "\\" + ch for ch in "\\`*_[](){}#!|~:@"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def markdown_text(value: Any) -> str:
+    """``value`` as literal markdown text: it renders as the same characters and adds no markup, HTML or link."""
+    text = "".join(_ESCAPES.get(ch, ch) for ch in _visible(value))
+    return re.sub(r"(?i)\b(www)\.", r"\1\\.", text)  # nor a "www." autolink
+
+
+def markdown_code(value: Any) -> str:
+    """``value`` as an inline code span, which shows its content verbatim (markup, HTML and links stay text).
+
+    The fence is one backtick longer than the longest run inside, and a space pads content that starts or ends with
+    a backtick or with spaces on both sides (CommonMark strips one such space on each side)."""
+    text = _visible(value)
+    if not text.strip():
+        return markdown_text(repr(text))  # an empty or blank span does not render as code
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[0] == "`" or text[-1] == "`" or (text[0] == " " and text[-1] == " ") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _url_or_code(url: str) -> str:
+    """A registered URL as an autolink when it is one, else shown as code."""
+    return f"<{url}>" if re.fullmatch(r"https?://[^\s<>`]+", url) else markdown_code(url)
+
+
+class _FrontMatterDumper(yaml.SafeDumper):
+    """Strings holding a line break or another unprintable character are written double-quoted, where YAML escapes
+    them (``\\n``, ``\\L``): the front matter stays one value per line, and ``---`` in data never ends it."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = None if value.isprintable() else '"'
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_FrontMatterDumper.add_representer(str, _represent_str)
+
+
+def front_matter_yaml(data: Mapping[str, Any]) -> str:
+    """``data`` as the card's YAML front matter (keys in order, unicode as is); every string reads back as itself."""
+    dumped = yaml.dump(dict(data), Dumper=_FrontMatterDumper, sort_keys=False, allow_unicode=True, width=1 << 30)
+    return dumped.strip()  # the width: long values are never folded onto continuation lines
 
 
 @dataclass(frozen=True)
@@ -209,8 +277,8 @@ def weights_license(
     if pretrained_file:
         return WeightsLicense(
             "unknown",
-            f"fine-tuned from the weights in {Path(str(pretrained_file)).name!r}, whose license the checkpoint does "
-            "not record: check it before sharing",
+            f"fine-tuned from the weights in {markdown_code(Path(str(pretrained_file)).name)}, whose license the "
+            "checkpoint does not record: check it before sharing",
         )
     if pretrained:
         stated = str(pretrained_cfg.get("license") or "not stated")
@@ -219,7 +287,8 @@ def weights_license(
         source = f"{name}.{tag}" if tag else str(name)
         return WeightsLicense(
             _hub_license(stated),
-            f"fine-tuned from the {source} weights, whose license ({stated}) carries over to derivatives",
+            f"fine-tuned from the {markdown_code(source)} weights, whose license ({markdown_text(stated)}) carries "
+            "over to derivatives",
         )
     return WeightsLicense(
         CODE_LICENSE,
@@ -228,20 +297,20 @@ def weights_license(
 
 
 def starting_point(model_name: str, pretrained_cfg: Mapping[str, Any], hparams: Mapping[str, Any]) -> str:
-    """Where the training run started, in words (markdown)."""
+    """Where the training run started, in words (markdown; the names in it escaped)."""
     if hparams.get("pretrained_file"):
-        return f"the weights in `{Path(str(hparams['pretrained_file'])).name}`"
+        return f"the weights in {markdown_code(Path(str(hparams['pretrained_file'])).name)}"
     if not hparams.get("pretrained"):
         return "random initialisation (trained from scratch)"
     if model_name.startswith("hf-hub:"):
         repo = model_name.split(":", 1)[1]
-        return f"[{repo}](https://huggingface.co/{repo})"
+        return f"[{markdown_text(repo)}](https://huggingface.co/{quote(repo)})"
     if model_name.startswith("local-dir:"):
-        return f"the exported model `{Path(model_name.split(':', 1)[1]).name}`"
+        return f"the exported model {markdown_code(Path(model_name.split(':', 1)[1]).name)}"
     where = pretrained_cfg.get("hf_hub_id") or pretrained_cfg.get("url") or pretrained_cfg.get("origin_url")
     tag = pretrained_cfg.get("tag")
     label = f"{pretrained_cfg.get('architecture', model_name)}.{tag}" if tag else model_name
-    return f"the released `{label}` weights" + (f" ({where})" if where else "")
+    return f"the released {markdown_code(label)} weights" + (f" ({_url_or_code(str(where))})" if where else "")
 
 
 @dataclass
@@ -323,7 +392,8 @@ def validation_metrics(checkpoint: str | Path, run: RunRecord, ema: bool = False
             selected = _select(found, ema)
             if selected:
                 where = f"{version.parent.parent.name}/csv/{version.name}/metrics.csv"
-                return selected, f"validation after epoch {run.epoch + 1} (step {run.global_step}), from `{where}`"
+                source = f"validation after epoch {run.epoch + 1} (step {run.global_step}), from {markdown_code(where)}"
+                return selected, source
     selected = _select(run.checkpoint_scores, ema)
     if selected:
         return selected, "the score the run's ModelCheckpoint recorded for this checkpoint"
@@ -341,17 +411,18 @@ _METRIC_NAMES = {
 
 
 def dataset_summary(data_hparams: Mapping[str, Any]) -> tuple[str, str]:
-    """(a short name, a markdown description) of the data module a run trained on."""
+    """(a short name, a markdown description with the names in it escaped) of the data module a run trained on."""
     class_path = str(data_hparams.get("_class_path") or "")
     kind = class_path.rsplit(".", 1)[-1] or "unknown data module"
     root = data_hparams.get("root")
     name = Path(str(root)).name if root else kind
     splits = ", ".join(
-        f"{what} split `{data_hparams[key]}`"
+        f"{what} split {markdown_code(data_hparams[key])}"
         for what, key in (("training", "train_split"), ("validation", "val_split"))
         if data_hparams.get(key)
     )
-    text = f"`{kind}`" + (f" over the folder `{name}`" if root else "") + (f" ({splits})" if splits else "")
+    text = markdown_code(kind) + (f" over the folder {markdown_code(name)}" if root else "")
+    text += f" ({splits})" if splits else ""
     if kind == "DigitsData":
         text += ": scikit-learn's handwritten digits (UCI Optical Recognition of Handwritten Digits)"
     return name, text
@@ -412,16 +483,19 @@ def _front_matter(facts: CardFacts) -> str:
         model_name=facts.model_name if results else None,
         eval_results=results or None,
     )
-    return data.to_yaml()
+    return front_matter_yaml(data.to_dict())
 
 
 def render_card(facts: CardFacts) -> str:
-    """The card: YAML front matter (library, license, tags, datasets, metrics) and a markdown body."""
-    lines = [f"---\n{_front_matter(facts)}\n---", f"# {facts.model_name}", ""]
+    """The card: YAML front matter (library, license, tags, datasets, metrics) and a markdown body.
+
+    What comes from data is escaped (see the module doc); the facts' markdown fields (``started_from``,
+    ``dataset_text``, ``metrics_source``, the license's reason) come escaped from this module's helpers."""
+    lines = [f"---\n{_front_matter(facts)}\n---", f"# {markdown_text(facts.model_name)}", ""]
     family = f" ({facts.paper.title})" if facts.paper else ""
+    architecture = markdown_code(facts.architecture)
     lines += [
-        f"An image classifier: `{facts.architecture}`{family}, trained with "
-        f"attnzoo starting from {facts.started_from}.",
+        f"An image classifier: {architecture}{family}, trained with attnzoo starting from {facts.started_from}.",
         "",
         "## Use",
         "",
@@ -429,15 +503,15 @@ def render_card(facts: CardFacts) -> str:
         "import attnzoo  # registers the architecture in timm",
         "import timm",
         "",
-        f'model = timm.create_model("{facts.load_as}", pretrained=True).eval()',
+        f"model = timm.create_model({json.dumps(facts.load_as)}, pretrained=True).eval()",  # a valid literal
         "transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)",
         'labels = model.pretrained_cfg.get("label_names")',
         "```",
         "",
         "## Model details",
         "",
-        f"- **Architecture:** `{facts.architecture}`"
-        + (f", arguments `{facts.model_args}`" if facts.model_args else "")
+        f"- **Architecture:** {architecture}"
+        + (f", arguments {markdown_code(facts.model_args)}" if facts.model_args else "")
         + f"; {facts.num_params / 1e6:.2f} M parameters",
         f"- **Weights:** {'the exponential moving average (EMA) of the ' if facts.ema else 'the '}trained weights"
         + (f", epoch {facts.epoch + 1}, step {facts.global_step}" if facts.epoch is not None else ""),
@@ -445,25 +519,27 @@ def render_card(facts: CardFacts) -> str:
     size = facts.data_config.get("input_size")
     if size:
         preprocessing = ", ".join(
-            f"{k} {facts.data_config[k]}"
+            f"{k} {markdown_text(facts.data_config[k])}"
             for k in ("interpolation", "crop_pct", "mean", "std")
             if k in facts.data_config
         )
-        lines.append(f"- **Input:** {tuple(size)}" + (f"; {preprocessing}" if preprocessing else ""))
+        lines.append(f"- **Input:** {markdown_text(tuple(size))}" + (f"; {preprocessing}" if preprocessing else ""))
     classes = f"- **Classes:** {facts.num_classes}"
     if facts.label_names:
-        shown = ", ".join(f"`{name}`" for name in list(facts.label_names)[:50])
+        shown = ", ".join(markdown_code(name) for name in list(facts.label_names)[:50])
         classes += f": {shown}" + (", ..." if len(facts.label_names) > 50 else "")
     lines.append(classes)
     lines.append(f"- **License:** `{facts.license.id}`: {facts.license.reason}. attnzoo's code is MIT-licensed.")
     lines += ["", "## Training data", "", f"- {facts.dataset_text}"]
-    lines += [f"- Hub dataset: [{d}](https://huggingface.co/datasets/{d})" for d in facts.datasets]
+    lines += [
+        f"- Hub dataset: [{markdown_text(d)}](https://huggingface.co/datasets/{quote(str(d))})" for d in facts.datasets
+    ]
     lines += ["", "## Results", ""]
     if facts.metrics:
         lines += ["| metric | value |", "| --- | --- |"]
         for key, value in facts.metrics.items():
             label = _METRIC_NAMES.get(key, (key, key))[1]
-            lines.append(f"| {label} (validation) | {value:.4f} |")
+            lines.append(f"| {markdown_text(label)} (validation) | {value:.4f} |")
         lines += ["", f"Source: {facts.metrics_source}."]
     else:
         lines.append(f"Not recorded: {facts.metrics_source}.")
@@ -480,7 +556,7 @@ def render_card(facts: CardFacts) -> str:
             "```",
         ]
     elif facts.paper_fallback:
-        lines.append(facts.paper_fallback)
+        lines.append(markdown_text(facts.paper_fallback))
     else:
         lines.append("The architecture's paper is not recorded in its pretrained config.")
     return "\n".join(lines) + "\n"

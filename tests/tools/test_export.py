@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
 import timm
 import torch
+import yaml
 from huggingface_hub import ModelCard
 from PIL import Image
 
@@ -179,6 +182,59 @@ def test_export_into_a_folder_with_files_needs_force(tmp_path, capsys):
     assert "litv2_small" in (out / "config.json").read_text() and (out / "notes.txt").read_text() == "keep\n"
     (tmp_path / "empty").mkdir()
     assert (export_checkpoint(checkpoint, tmp_path / "empty") / "model.safetensors").is_file()  # an empty folder: fine
+
+
+EVIL_CLASS = "# Evil\n<script>x</script> [link](http://x)"
+EVIL_DATASET = "org/ds\n---\nlicense: evil\n# Head <b>x</b> [l](http://y): 'q\" \x85 \u2028 {a: [b]}"
+
+
+def _markup(body: str) -> str:
+    """What a markdown renderer interprets in ``body``: without fenced blocks, code spans and escaped characters."""
+    body = re.sub(r"^```\w*\n.*?^```$", "", body, flags=re.S | re.M)
+    body = re.sub(r"(?<!`)(`+)(?!`).+?(?<!`)\1(?!`)", "", body)
+    return re.sub(r"\\.", "", body)
+
+
+def test_card_escapes_what_comes_from_data():
+    """A class folder, a dataset id, a run name and a logged metric name add no heading, HTML or link to the card,
+    and the front matter reads back (as YAML and through huggingface_hub) to the original strings."""
+    facts = model_card.CardFacts(
+        model_name="run\n# Evil <i>x</i>",
+        architecture="nat_mini",
+        model_args={"depths": [1]},
+        num_params=1000,
+        num_classes=3,
+        label_names=[EVIL_CLASS, "`tick`", "a|b"],
+        data_config={"input_size": (3, 32, 32), "interpolation": "<b>bicubic</b>"},
+        license=model_card.weights_license({}, pretrained=True, pretrained_file="/x/[w](http://w).pth"),
+        paper=None,
+        paper_fallback="[paper](http://p) <img src=x>",
+        started_from=model_card.starting_point("hf-hub:org/<x>", {}, {"pretrained": True}),
+        base_model=None,
+        metrics={"acc1": 0.5, "x|<i>y</i>": 0.25},
+        metrics_source="a test",
+        dataset_name=EVIL_DATASET,
+        dataset_text=model_card.dataset_summary({"_class_path": "m.ImageFolderData", "root": "/d/#`<b>`"})[1],
+        datasets=[EVIL_DATASET],
+    )
+    text = model_card.render_card(facts)
+    assert text.startswith("---\n")
+    front, body = text[4:].split("\n---\n", 1)
+    data = yaml.safe_load(front)
+    assert data["datasets"] == [EVIL_DATASET] and data["model-index"][0]["name"] == facts.model_name
+    assert data["model-index"][0]["results"][0]["dataset"]["name"] == EVIL_DATASET
+    card = ModelCard(text)
+    assert card.data.datasets == [EVIL_DATASET] and card.data.eval_results[0].dataset_name == EVIL_DATASET
+    markup = _markup(body)
+    headings = [line for line in markup.splitlines() if re.match(r" {0,3}#{1,6}( |$)", line)]
+    assert len(headings) == 6 and headings[0].startswith("# run")  # the card's own: title, Use, ..., Citation
+    assert "<" not in markup and ">" not in markup  # no HTML: only entities
+    assert re.findall(r"\]\((\S+?)\)", markup) == [
+        "https://huggingface.co/org/%3Cx%3E",
+        f"https://huggingface.co/datasets/{quote(EVIL_DATASET)}",
+    ]
+    assert "http://" not in markup.replace("https://huggingface.co/", "")  # no bare URL to autolink either
+    assert "`` `tick` ``" in body and "`a|b`" in body  # class names shown verbatim as code
 
 
 def test_weights_license_never_promotes_an_unknown_license():
