@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,6 +78,24 @@ class AgentRecord(AttentionRecord):
             QueryMap(f"{gh}x{gw} agents", per_agent.view(gh, gw), marker=agent_cell),
             QueryMap(agent_title, agent_map, marker=key_cell),
         ]
+
+
+def _five_d_as_4d(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` (what ``Module._apply`` maps over the tensors) applied to each 5-D tensor through a 4-D view of it.
+
+    ``Module.to(memory_format=torch.channels_last)`` passes every 4-D *and* 5-D tensor to
+    ``Tensor.to(memory_format=...)`` (5-D for ``channels_last_3d``), and that raises for channels_last on 5-D ones:
+    the ``ah/aw/ha/wa_bias`` tables made every agent model refuse the format. Folding the leading two dims gives
+    ``fn`` a 4-D tensor (device, dtype and format apply as to any parameter); unfolding and a contiguous copy give
+    back the table's own shape, values and layout, so the checkpoint keys and shapes are the authors'.
+    """
+
+    def apply(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dim() != 5:
+            return fn(tensor)
+        return fn(tensor.flatten(0, 1)).unflatten(0, tensor.shape[:2]).contiguous()
+
+    return apply
 
 
 def _check_agent_num(agent_num: object) -> int:
@@ -178,6 +196,10 @@ class AgentAttention(RecordsAttention, nn.Module):
             biases += [self.ac_bias, self.ca_bias]
         for bias in biases:
             trunc_normal_(bias, std=0.02)
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(memory_format=torch.channels_last)`` works: the 5-D bias tables are converted as 4-D views."""
+        return super()._apply(_five_d_as_4d(fn), recurse)
 
     def forward(
         self,

@@ -220,6 +220,24 @@ def test_parameter_names_and_shapes_follow_the_authors():
     assert AgentAttention(8, 2, qkv_bias=False, agent_num=4, window_size=4).qkv.bias is None
 
 
+def test_channels_last_leaves_the_bias_tables_and_the_output_as_they_are():
+    """``.to(memory_format=torch.channels_last)`` used to raise on the 5-D ``*_bias`` tables; now it converts the
+    4-D tensors only in effect: every key, shape and value stays, 5-D tables stay contiguous, the output is the same."""
+    m = build(7, 9, 4, prefix=1)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    seq = torch.randn(2, 64, DIM, dtype=torch.float64)
+    expected = m(seq, grid_size=(7, 9))
+    m = m.to(memory_format=torch.channels_last)
+    after = m.state_dict()
+    assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
+    for key, value in after.items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0, msg=key)
+    assert all(v.is_contiguous() for v in after.values() if v.dim() == 5)
+    assert m.dwc.weight.is_contiguous(memory_format=torch.channels_last)  # 4-D tensors do take the format
+    torch.testing.assert_close(m(seq, grid_size=(7, 9)), expected, rtol=0, atol=0)
+    assert m.to(torch.float32).ah_bias.dtype == torch.float32  # other conversions reach the 5-D tables too
+
+
 @pytest.mark.parametrize("height,width,agent_num", [(15, 17, 9), (7, 9, 4), (1, 1, 4), (2, 3, 1)])
 def test_shapes_map_and_sequence(height, width, agent_num):
     m = AgentAttention(16, 2, agent_num=agent_num, window_size=(height, width))
