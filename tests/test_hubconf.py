@@ -47,7 +47,7 @@ def test_local_entrypoint_loads_pretrained_weights_from_a_url(server, hub_dir):
     ).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(fx["input"]), fx["logits"], atol=1e-4, rtol=1e-4)
-    assert next(hub_dir.rglob("nat_reduced.pth"))
+    assert attnzoo.weights.cache_path(f"{base_url}/nat_reduced.pth").is_file()  # in the hub dir set above
 
 
 def test_a_downloaded_checkout_lists_and_builds_every_model_without_an_install(tmp_path):
