@@ -66,6 +66,7 @@ def test_channel_group_attention_matches_timm(height, width, qkv_bias):
     torch.testing.assert_close(mixer(x), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("height,width", [(15, 17), (9, 9), (1, 1)])
 def test_create_mixer_dual_loads_timm_attention_and_matches(height, width):
     """create_mixer("dual") builds either attention: timm's attn.* weights load by name, outputs equal timm's."""

@@ -98,6 +98,7 @@ def test_matches_timm(level, window, normalize, post_norm):
     torch.testing.assert_close(mixer(x), _timm_forward(ref, x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.quick
 def test_matches_timm_in_float64():
     ref = _timm_module(12, 3, 3, True, True, seed=1).double()
     mixer = FocalModulation(12, 3, focal_level=3, normalize_modulator=True, use_postln_in_modulation=True).double()

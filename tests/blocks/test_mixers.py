@@ -32,10 +32,12 @@ def build(name, height, width):
     return create_mixer(name, dim=DIM, num_heads=HEADS, **mixer_kwargs(name, height, width))
 
 
+@pytest.mark.quick
 def test_all_seven_mechanisms_are_registered():
     assert set(MIXERS) == {"neighborhood", "hilo", "quadtree", "dual", "agent", "focal", "sparsifiner"}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("name,size", CASES)
 def test_shape_dtype_and_gradients(name, size):
     mixer = build(name, *size).train()

@@ -21,6 +21,7 @@ def inputs(batch, heads, n_queries, n_keys, head_dim, keys_per_query, seed=0, gr
     return [t.requires_grad_(grad) for t in (q, k, v)] + [index]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("n_queries,n_keys,keys_per_query", [(5, 9, 1), (16, 16, 4), (12, 40, 17), (7, 3, 3)])
 @pytest.mark.parametrize("unique", [True, False])
 def test_matches_dense_masked_attention(n_queries, n_keys, keys_per_query, unique):
@@ -38,6 +39,7 @@ def test_listing_every_key_is_full_attention():
     torch.testing.assert_close(gather_attention(q, k, v, index), full)
 
 
+@pytest.mark.quick
 def test_gradcheck():
     q, k, v, index = inputs(1, 2, 4, 6, 3, 3, seed=1, grad=True, unique=False)
     assert torch.autograd.gradcheck(lambda *t: gather_attention(*t, index), (q, k, v))

@@ -14,6 +14,7 @@ def qkv(shape, dtype=torch.float64, seed=0, grad=False):
     return [torch.randn(shape, generator=gen, dtype=dtype).requires_grad_(grad) for _ in range(3)]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("kernel_size", [3, 5, 7, 9])
 @pytest.mark.parametrize("dilation", [1, 2, 3, 4])
 @pytest.mark.parametrize("with_rpb", [False, True])
@@ -62,6 +63,7 @@ def test_kernel_covering_the_whole_map_is_full_attention():
     torch.testing.assert_close(na2d(q, k, v, 7), full.transpose(1, 2).reshape(q.shape))
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("dilation", [1, 2])
 def test_gradcheck(dilation):
     q, k, v = qkv((1, 3 * dilation, 3 * dilation + 2, 2, 3), seed=dilation, grad=True)

@@ -89,6 +89,7 @@ def test_custom_scale(scale, device):
     assert_matches_torch(*make_inputs((1, 2, 18, 11, 32, 16, 6), device=device), scale=scale)
 
 
+@pytest.mark.quick
 def test_repeated_indices_within_and_across_queries(device):
     # every query lists key 2 three times and key 0 twice, among others: dk/dv rows collect many atomic adds
     shape = (2, 2, 33, 6, 16, 16, 8)

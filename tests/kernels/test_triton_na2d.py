@@ -54,6 +54,7 @@ def test_strided_inputs_float64_bias_and_expanded_gradient():
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.quick
 def test_channels_last_permuted_inputs():
     """(B, heads, H, W, d) tensors permuted to the (B, H, W, heads, d) view: no stride is the contiguous one."""
     gen = torch.Generator(DEVICE).manual_seed(2)

@@ -8,6 +8,8 @@ import sysconfig
 import uuid
 from pathlib import Path
 
+import pytest
+
 import attnzoo
 import attnzoo.blocks
 import attnzoo.kernels
@@ -55,6 +57,7 @@ def test_editable_install_sees_new_files_live(tmp_path):
     assert value == "42" and Path(location) == source / "zoo" / "__init__.py"
 
 
+@pytest.mark.quick
 def test_layer_dependency_direction():
     """kernels imports no attnzoo, timm or Lightning; blocks no timm model files; zoo no Lightning; nothing imports
     the tools floor, which takes only the checkpoint reader from the training floor."""

@@ -6,6 +6,8 @@ import pytest
 from PIL import Image
 
 from attnzoo.train import DigitsData, write_digits
+from attnzoo.train.checkpoint import read_checkpoint
+from attnzoo.train.cli import build_cli
 from attnzoo.train.digits import default_root
 
 
@@ -39,3 +41,17 @@ def test_digits_data_writes_the_tree_in_prepare_data(tmp_path, monkeypatch):
     x, y = next(iter(data.train_dataloader()))
     assert x.shape == (64, 3, 32, 32) and y.max() <= 9
     assert data.data_config["mean"] == (0.5, 0.5, 0.5)
+
+
+@pytest.mark.quick
+def test_the_digits_recipe_fits_through_the_cli(tmp_path, monkeypatch):
+    """The shipped demo recipe, by name, on the real digits: a short fit writes both checkpoints and a score."""
+    monkeypatch.setenv("ATTNZOO_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "run"
+    args = ["fit", "--config", "digits", f"--trainer.default_root_dir={run_dir}", "--trainer.max_epochs=1"]
+    args += ["--trainer.limit_train_batches=3", "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false"]
+    cli = build_cli(args)
+    assert cli.trainer.global_step == 3
+    assert {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")} == {"best.ckpt", "last.ckpt"}
+    assert 0.0 <= float(cli.trainer.callback_metrics["val/acc1"]) <= 1.0
+    assert read_checkpoint(run_dir / "checkpoints" / "best.ckpt").label_names == [str(d) for d in range(10)]

@@ -95,6 +95,7 @@ def image(size, batch=1):
 
 
 # --- parity ---------------------------------------------------------------------------------------
+@pytest.mark.quick
 @pytest.mark.parametrize("fixture", PARITY)
 def test_reproduces_the_authors_logits(fixture):
     fx = load_fixture(fixture)

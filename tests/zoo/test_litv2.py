@@ -43,6 +43,7 @@ def release_shapes(name):
     return RELEASE[name.removesuffix("_384")]
 
 
+@pytest.mark.quick
 def test_reproduces_the_authors_logits(fixture, official):
     fx, model = fixture, official
     assert not model.training

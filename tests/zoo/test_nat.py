@@ -52,6 +52,7 @@ def load_fixture(name):
     return torch.load(FIXTURES / name, weights_only=True)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("fixture", ["nat_reduced.pt", "nat_reduced_ls_k5.pt", "dinat_reduced.pt"])
 def test_reproduces_the_authors_logits(fixture):
     fx = load_fixture(fixture)

@@ -49,6 +49,7 @@ def official_b0():
     return fx, attnzoo.from_official(fx["entrypoint"], fx["config"], fx["state_dict"])
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("fixture", ["quadtree_b0_reduced.pt", "quadtreeA_b0_reduced.pt"])
 def test_reproduces_the_authors_logits(fixture, official_b0):
     if fixture == "quadtree_b0_reduced.pt":

@@ -90,6 +90,7 @@ def test_default_cfg_points_at_timms_deit_small_weights():
     assert ours.origin_url == "https://github.com/lim142857/Sparsifiner"
 
 
+@pytest.mark.quick
 def test_pretrained_loads_a_deit_small_checkpoint_and_reports_the_untrained_predictor(tmp_path):
     deit = tiny_deit()
     path = tmp_path / "deit_small_patch16_224-cd65a155.pth"

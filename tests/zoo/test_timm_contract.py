@@ -66,6 +66,7 @@ def first_block(model):
     return next(m for name, m in model.named_modules() if re.search(r"(^|\.)blocks\.0$", name))
 
 
+@pytest.mark.quick
 def test_every_family_is_registered():
     for name in ("nat_mini", "nat_base", "dinat_large_384", "dinat_large_384_11x11"):
         assert name in attnzoo.list_models()
