@@ -17,10 +17,10 @@ import torch
 from faster_coco_eval import COCO
 from faster_coco_eval.core import mask as coco_mask
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ._images import read_rgb
 from ._splits import SplitDataModule
 from .synthetic import write_coco_shapes
 
@@ -38,6 +38,7 @@ class _CocoPipeline:
 
     def __init__(self, transforms: v2.Transform, category_to_label: dict[int, int], training: bool):
         self.transforms = transforms
+        self.category_to_label = category_to_label
         self.lookup = torch.zeros(max(category_to_label) + 1, dtype=torch.int64)
         for category, label in category_to_label.items():
             self.lookup[category] = label
@@ -162,6 +163,20 @@ class CocoData(SplitDataModule):
         return _CocoDataset(images, ann, hp.masks, pipeline)
 
 
+def _check_category_ids(coco: COCO, ann_file: Path, category_to_label: dict[int, int]) -> None:
+    """Every annotation's ``category_id`` must be a category the labels were made from.
+
+    An id outside them was looked up as 0 (the background) or, negative, as another class: a silent relabel.
+    """
+    unknown = sorted({a["category_id"] for a in coco.anns.values()} - set(category_to_label))
+    if unknown:
+        count = sum(a["category_id"] in unknown for a in coco.anns.values())
+        raise ValueError(
+            f"ann_file {str(ann_file)!r}: {count} annotations have a category_id not among the "
+            f"{len(category_to_label)} categories: {unknown[:10]}"
+        )
+
+
 class _CocoDataset(torch.utils.data.Dataset):
     """COCO json + image folder -> ``(tv_tensors.Image, target)`` with boxes (xyxy), category ids, masks.
 
@@ -173,6 +188,7 @@ class _CocoDataset(torch.utils.data.Dataset):
         self.images, self.masks, self.pipeline = images, masks, pipeline
         self.coco = COCO(str(ann_file))
         self.ids = sorted(self.coco.imgs)
+        _check_category_ids(self.coco, ann_file, pipeline.category_to_label)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -180,9 +196,7 @@ class _CocoDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        image = tv_tensors.Image(
-            v2.functional.pil_to_tensor(Image.open(self.images / info["file_name"]).convert("RGB"))
-        )
+        image = tv_tensors.Image(v2.functional.pil_to_tensor(read_rgb(self.images / info["file_name"])))
         height, width = image.shape[-2:]
         annotations = [a for a in self.coco.imgToAnns.get(image_id, []) if a["bbox"][2] > 0 and a["bbox"][3] > 0]
         boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)

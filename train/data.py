@@ -16,8 +16,11 @@ from typing import Any
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from timm.data import ImageDataset, create_transform, resolve_data_config
+from timm.data.readers import get_img_extensions
+from timm.data.readers.reader import Reader
 from timm.utils.misc import natural_key
 
+from ._images import read_rgb
 from ._splits import SplitDataModule
 
 __all__ = ["ImageFolderData"]
@@ -26,28 +29,96 @@ _log = logging.getLogger(__name__)
 _MAX_SKIPS = 20  # consecutive unreadable images before giving up, as timm
 
 
-class NamedImageDataset(ImageDataset):
-    """timm's ImageDataset, but an unreadable image (a truncated JPEG, say) is skipped with its file name.
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
 
-    timm skips it with only its index; here timm is told to give up at once and the skip is done here,
-    where the file name is known. ``with_paths``: samples are ``(image, target, absolute path)``, the path of the
-    image actually read, so that predictions are written next to the right file name.
+
+def _walk_images(folder: str) -> list[tuple[str, str]]:
+    """``(path, name of the folder holding it)`` of each image under ``folder`` (``""`` for those directly in it).
+
+    What timm's folder reader finds, but a symlink to a folder that holds the link (a loop) is logged and not
+    followed: timm's ``os.walk(followlinks=True)`` went round a loop until the paths grew too long, repeating every
+    image, and through a link to the data root pulled the other splits (validation images) into this one. Other
+    symlinked folders and files are followed.
+    """
+    extensions = get_img_extensions(as_set=True)
+    found: list[tuple[str, str]] = []
+
+    def visit(directory: str, label: str, walking: tuple[str, ...]) -> None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not entry.is_dir():
+                    if os.path.splitext(entry.name)[1].lower() in extensions:
+                        found.append((entry.path, label))
+                    continue
+                real = os.path.realpath(entry.path)
+                if entry.is_symlink() and any(_inside(walked, real) for walked in walking):
+                    _log.warning("did not follow the symlink %s to %s, which holds it (a loop)", entry.path, real)
+                    continue
+                visit(entry.path, entry.name, (*walking, real))
+
+    visit(folder, "", (os.path.realpath(folder),))
+    return found
+
+
+class _FolderReader(Reader):
+    """timm's ``ReaderImageFolder`` (samples, ``class_to_idx``, file names) over :func:`_walk_images`.
+
+    ``class_to_idx``: folder name -> target; images in other folders are left out. ``None``: every folder holding
+    images is a class, in natural order (timm's rule).
     """
 
-    def __init__(self, *args, with_paths: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._max_retries = 1
+    def __init__(self, root: str, class_to_idx: dict[str, int] | None = None):
+        super().__init__()
+        self.root = root
+        found = _walk_images(root)
+        if class_to_idx is None:
+            labels = sorted({label for _, label in found}, key=natural_key)
+            class_to_idx = {label: index for index, label in enumerate(labels)}
+        self.class_to_idx = class_to_idx
+        samples = [(path, class_to_idx[label]) for path, label in found if label in class_to_idx]
+        self.samples = sorted(samples, key=lambda sample: natural_key(sample[0]))
+
+    def __getitem__(self, index: int) -> tuple[str, int]:
+        return self.samples[index]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _filename(self, index: int, basename: bool = False, absolute: bool = False) -> str:
+        path = self.samples[index][0]
+        if basename:
+            return os.path.basename(path)
+        return path if absolute else os.path.relpath(path, self.root)
+
+
+class NamedImageDataset(ImageDataset):
+    """timm's ImageDataset over a loop-safe scan (:func:`_walk_images`), images read by :func:`read_rgb`.
+
+    An unreadable image (a truncated JPEG, say) is skipped with its file name in the log (timm names only its
+    index); an image of a bit depth that cannot be read right (:func:`read_rgb`) is an error naming the file.
+    ``with_paths``: samples are ``(image, target, absolute path)``, the path of the image actually read, so that
+    predictions are written next to the right file name.
+    """
+
+    def __init__(self, root: str, class_map: dict[str, int] | None = None, with_paths: bool = False, **kwargs):
+        super().__init__(root, reader=_FolderReader(str(root), class_map), **kwargs)
         self.with_paths = with_paths
 
     def __getitem__(self, index: int):
         for attempt in range(_MAX_SKIPS):
             candidate = (index + attempt) % len(self)
+            path, target = self.reader[candidate]
             try:
-                sample = super().__getitem__(candidate)
-            except RuntimeError as error:
+                image = read_rgb(path)
+            except OSError as error:  # PIL: truncated, corrupt, not an image
                 _log.warning("skipped unreadable image %s (%s)", self.filename(candidate, absolute=True), error)
                 continue
-            return (*sample, self.filename(candidate, absolute=True)) if self.with_paths else sample
+            if self.transform is not None:
+                image = self.transform(image)
+            if self.target_transform is not None:
+                target = self.target_transform(target)
+            return (image, target, self.filename(candidate, absolute=True)) if self.with_paths else (image, target)
         raise RuntimeError(f"{_MAX_SKIPS} consecutive images from index {index} could not be read")
 
 
@@ -65,6 +136,14 @@ def _resolve_split(root: Path, split: str, what: str) -> Path:
 
 def _class_folders(folder: Path) -> list[str]:
     return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+
+
+def _warn_empty_class_folders(dataset: NamedImageDataset, folder: Path, classes: list[str], what: str) -> None:
+    """A class folder without images is logged: a class that silently gets no samples in this split."""
+    counted = {target for _, target in dataset.reader.samples}
+    for name in classes:
+        if dataset.reader.class_to_idx[name] not in counted:
+            _log.warning("%s: class folder %s holds no images", what, folder / name)
 
 
 class ImageFolderData(SplitDataModule):
@@ -210,6 +289,8 @@ class ImageFolderData(SplitDataModule):
         dataset = NamedImageDataset(str(folder), class_map=class_map, transform=transform, with_paths=predict)
         if len(dataset) == 0:
             raise ValueError(f"{what}: {str(folder)!r} holds no images")
+        if class_map is not None:
+            _warn_empty_class_folders(dataset, folder, sorted(found), what)
         return dataset
 
     def setup(self, stage: str) -> None:

@@ -3,7 +3,8 @@
 ``images/{training,validation}/*`` with PNG label maps of the same stem under ``annotations/...``. Training:
 random rescale of the base scale by 0.5-2.0, random crop, flip, colour jitter; evaluation: a resize with kept
 aspect. ``reduce_zero_label`` maps ADE20K's "unlabelled" 0 to the ignore index 255 and shifts the classes down
-by one, as every ADE20K recipe does.
+by one, as every ADE20K recipe does. Label maps are read at their full depth (8- or 16-bit); a value that is neither
+a class nor the ignore index is an error naming the file.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from ._images import read_label_map, read_rgb
 from ._splits import SplitDataModule
 from .synthetic import write_ade_shapes
 
@@ -53,10 +54,33 @@ class _RescaleKeepRatio:
         return v2.functional.resize(image, size, antialias=True), v2.functional.resize(mask, size)
 
 
+def _class_indices(values: np.ndarray, num_classes: int, reduce_zero_label: bool, path: Path) -> np.ndarray:
+    """A label map's values -> class indices in ``[0, num_classes)`` or ``IGNORE_INDEX``; others raise naming the file.
+
+    ``reduce_zero_label`` (ADE20K: 0 is "other", not a class): 0 becomes the ignore index and the classes shift down
+    by one; a 255 stays the ignore index, as in mmsegmentation. A value that is no class would otherwise be trained
+    on as a wrong class or crash the loss far from here.
+    """
+    ignored = (values == IGNORE_INDEX) | (reduce_zero_label & (values == 0))
+    classes = values - 1 if reduce_zero_label else values
+    bad = ~ignored & ((classes < 0) | (classes >= num_classes))
+    if bad.any():
+        first = int(reduce_zero_label)
+        unlabelled = ", 0 unlabelled" if reduce_zero_label else ""
+        raise ValueError(
+            f"label map {str(path)!r}: values {np.unique(values[bad])[:10].tolist()} are neither classes "
+            f"({first}..{num_classes - 1 + first}{unlabelled}) nor the ignore index {IGNORE_INDEX} (num_classes is "
+            f"{num_classes})"
+        )
+    return np.where(ignored, IGNORE_INDEX, classes)
+
+
 class _SegDataset(Dataset):
     """Image / label-map pairs matched by file stem; ``transform(image, mask)`` gets tv_tensors."""
 
-    def __init__(self, images: Path, annotations: Path, reduce_zero_label: bool, transform, what: str):
+    def __init__(
+        self, images: Path, annotations: Path, num_classes: int, reduce_zero_label: bool, transform, what: str
+    ):
         if not images.is_dir():
             raise FileNotFoundError(f"{what}: no image folder {str(images)!r}")
         if not annotations.is_dir():
@@ -70,6 +94,7 @@ class _SegDataset(Dataset):
                 self.items.append((path, labels[path.stem]))
         if not self.items:
             raise ValueError(f"{str(images)!r} holds no images")
+        self.num_classes = num_classes
         self.reduce_zero_label = reduce_zero_label
         self.transform = transform
 
@@ -78,10 +103,10 @@ class _SegDataset(Dataset):
 
     def __getitem__(self, index: int):
         image_path, label_path = self.items[index]
-        image = tv_tensors.Image(v2.functional.pil_to_tensor(Image.open(image_path).convert("RGB")))
-        label = torch.from_numpy(np.array(Image.open(label_path), dtype=np.uint8)).long()
-        if self.reduce_zero_label:  # ADE20K: 0 is "other", not a class
-            label = torch.where(label == 0, IGNORE_INDEX, label - 1)
+        image = tv_tensors.Image(v2.functional.pil_to_tensor(read_rgb(image_path)))
+        label = torch.from_numpy(
+            _class_indices(read_label_map(label_path), self.num_classes, self.reduce_zero_label, label_path)
+        )
         return self.transform(image, tv_tensors.Mask(label[None]))
 
 
@@ -135,8 +160,10 @@ class SegFolderData(SplitDataModule):
 
     Args:
         root: the data set folder, e.g. ``/data/ADEChallengeData2016``.
-        num_classes: classes after ``reduce_zero_label`` (ADE20K: 150); the CLI links it to the task.
-        reduce_zero_label: label 0 is "unlabelled": map it to 255 (ignored) and shift the rest down by one.
+        num_classes: classes after ``reduce_zero_label`` (ADE20K: 150), at most 255 (the ignore index); the CLI
+            links it to the task.
+        reduce_zero_label: label 0 is "unlabelled": map it to 255 (ignored) and shift the rest down by one (a 255
+            stays ignored).
         train_split, val_split: sub-folder names under ``images/`` and ``annotations/``; ``test_split``
             defaults to ``val_split``.
         scale: the base ``[long, short]`` side (mmseg's ``img_scale=(2048, 512)``); evaluation resizes to it.
@@ -174,8 +201,10 @@ class SegFolderData(SplitDataModule):
         synthetic: bool = False,
     ):
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not 1 <= num_classes <= IGNORE_INDEX:
+            raise ValueError(
+                f"num_classes must be in 1..{IGNORE_INDEX} ({IGNORE_INDEX} is the ignore index), got {num_classes}"
+            )
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ValueError(f"batch_size must be >= 1, got {batch_size} (eval_batch_size {eval_batch_size})")
         if num_workers < 0:
@@ -200,9 +229,8 @@ class SegFolderData(SplitDataModule):
         pipeline = _Pipeline(
             self.scale, hp.ratio_range, self.crop_size, hp.hflip, hp.color_jitter, hp.mean, hp.std, training
         )
-        return _SegDataset(
-            self.root / "images" / split, self.root / "annotations" / split, hp.reduce_zero_label, pipeline, what
-        )
+        images, annotations = self.root / "images" / split, self.root / "annotations" / split
+        return _SegDataset(images, annotations, self.num_classes, hp.reduce_zero_label, pipeline, what)
 
     def setup(self, stage: str) -> None:
         if not self.root.is_dir():

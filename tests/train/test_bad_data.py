@@ -146,7 +146,7 @@ def _folder_tree(root):
 
 
 def test_a_symlink_loop_is_not_followed_and_named(tmp_path, caplog):
-    """The loop (a link to the data root inside a class folder) gave 40-odd copies of every image, val's included."""
+    """The loop (a link to the data root inside a class folder) repeated every image ~100 times, val's included."""
     root = tmp_path / "data"
     _folder_tree(root)
     os.symlink(root, root / "train" / "a" / "loop")
