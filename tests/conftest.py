@@ -46,6 +46,15 @@ _private_caches()
 
 
 @pytest.fixture
+def hub_dir(tmp_path):
+    """A fresh torch.hub folder (where URL weights are cached and their hashes recorded), restored afterwards."""
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(previous)
+
+
+@pytest.fixture
 def server(tmp_path):
     """A throw-away HTTP server on 127.0.0.1 serving ``tmp_path/www``; yields (that folder, its base URL)."""
     root = tmp_path / "www"

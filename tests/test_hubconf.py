@@ -9,7 +9,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 
 import attnzoo
@@ -22,14 +21,6 @@ ONE_STAGE_NAT = {"embed_dim": 16, "depths": [1], "num_heads": [1], "mlp_ratio": 
 def test_local_entrypoint_builds_the_timm_model_with_its_kwargs():
     model = torch.hub.load(str(ROOT), "nat_mini", source="local", pretrained=False, num_classes=4, **ONE_STAGE_NAT)
     assert type(model).__name__ == "NAT" and model.num_classes == 4 and len(model.stages) == 1
-
-
-@pytest.fixture
-def hub_dir(tmp_path):
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield tmp_path / "hub"
-    torch.hub.set_dir(previous)
 
 
 def test_local_entrypoint_loads_pretrained_weights_from_a_url(server, hub_dir):

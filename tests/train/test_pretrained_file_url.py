@@ -15,14 +15,6 @@ from attnzoo.train import ClassificationTask
 from tests.train.helpers import TINY_NAT
 
 
-@pytest.fixture
-def hub_dir(tmp_path):
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    yield tmp_path / "hub"
-    torch.hub.set_dir(previous)
-
-
 def serve_weights(folder, seed: int) -> dict[str, torch.Tensor]:
     """A tiny NAT's state dict (seeded), written to ``folder/model.safetensors`` for the server."""
     torch.manual_seed(seed)

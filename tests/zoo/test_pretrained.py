@@ -56,14 +56,11 @@ def test_pretrained_with_a_new_head_keeps_the_backbone(tmp_path, fixture):
 
 
 @pytest.fixture
-def hub_dir(tmp_path):
-    """A fresh torch hub cache, with timm's sha256 check on (torch.hub checks the hash in the file name)."""
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
+def hub_dir(hub_dir):
+    """The fresh torch hub folder, with timm's sha256 check on (torch.hub checks the hash in the file name)."""
     set_pretrained_check_hash(True)
-    yield tmp_path / "hub"
+    yield hub_dir
     set_pretrained_check_hash(False)
-    torch.hub.set_dir(previous)
 
 
 def serve_checkpoint(root, state_dict, claimed_sha256=None):
