@@ -1,4 +1,5 @@
-"""The four-stage channels-last backbone shared by the natively built families (NAT, DiNAT, LITv2).
+"""The staged channels-last backbone (four stages in every released model) shared by the natively built
+families (NAT, DiNAT, LITv2, Agent-PVT).
 
 A family supplies its stem (image -> ``(B, H/4, W/4, C)``), its stages (optional downsample, then
 blocks, all on ``(B, H, W, C)`` maps) and a final norm; everything timm expects of a model —
@@ -16,7 +17,7 @@ from timm.models import checkpoint_seq
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .weights import build_model_with_cfg
+from .weights import build_model_with_cfg, stage_out_indices
 
 
 class Stage(nn.Module):
@@ -199,8 +200,11 @@ def init_transformer_weights(module: nn.Module) -> None:
 
 
 def build_hierarchical(model_cls: type[nn.Module], variant: str, pretrained: bool, filter_fn, **kwargs) -> nn.Module:
-    """timm's ``build_model_with_cfg`` with ``features_only`` served by ``forward_intermediates``."""
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    """timm's ``build_model_with_cfg`` with ``features_only`` served by ``forward_intermediates`` (every stage
+    by default, however many the model has)."""
+    out_indices = kwargs.pop("out_indices", None)
+    if out_indices is None:
+        out_indices = stage_out_indices(model_cls, kwargs)
     return build_model_with_cfg(
         model_cls,
         variant,

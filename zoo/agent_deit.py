@@ -135,7 +135,9 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> AgentVisionTransformer:
-    out_indices = kwargs.pop("out_indices", 3)
+    out_indices = kwargs.pop("out_indices", None)
+    if out_indices is None:  # timm's ViT default, the last three blocks (all of them when there are fewer)
+        out_indices = min(3, kwargs.get("depth", 12))
     return build_model_with_cfg(
         AgentVisionTransformer,
         variant,

@@ -30,7 +30,7 @@ from ._official import (
     unwrap_state_dict,
 )
 from .graft import graft
-from .weights import build_model_with_cfg
+from .weights import build_model_with_cfg, stage_out_indices
 
 __all__ = ["AgentSwinTransformer"]
 
@@ -214,7 +214,9 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> AgentSwinTransformer:
-    out_indices = kwargs.pop("out_indices", tuple(range(len(kwargs["depths"]))))
+    out_indices = kwargs.pop("out_indices", None)
+    if out_indices is None:
+        out_indices = stage_out_indices(AgentSwinTransformer, kwargs)
     return build_model_with_cfg(
         AgentSwinTransformer,
         variant,

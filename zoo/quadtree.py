@@ -31,7 +31,7 @@ from ._official import (
     unwrap_state_dict,
 )
 from .graft import graft
-from .weights import build_model_with_cfg
+from .weights import build_model_with_cfg, stage_out_indices
 
 __all__ = ["QuadTreePVT"]
 
@@ -196,7 +196,9 @@ default_cfgs = generate_default_cfgs(
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> QuadTreePVT:
-    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    out_indices = kwargs.pop("out_indices", None)
+    if out_indices is None:
+        out_indices = stage_out_indices(QuadTreePVT, kwargs)
     return build_model_with_cfg(
         QuadTreePVT,
         variant,

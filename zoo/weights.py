@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import inspect
 import json
 import os
 import tempfile
@@ -356,3 +357,18 @@ def build_model_with_cfg(model_cls, variant: str, pretrained: bool = False, **kw
             # timm would look for the URL's file name in its cache and download it itself: give it our file
             kwargs["pretrained_cfg_overlay"] = {**(kwargs.get("pretrained_cfg_overlay") or {}), "file": str(path)}
     return timm_build_model_with_cfg(model_cls, variant, pretrained, **kwargs)
+
+
+def stage_out_indices(model_cls, kwargs: dict) -> tuple[int, ...]:
+    """``features_only``'s default ``out_indices``: every stage the model is built with (timm's Swin rule,
+    ``range(len(depths))``), from the ``depths`` keyword or else the class's own default."""
+    depths = kwargs.get("depths")
+    for cls in model_cls.__mro__:
+        if depths is not None:
+            break
+        param = inspect.signature(cls.__init__).parameters.get("depths")
+        if param is not None and param.default is not inspect.Parameter.empty:
+            depths = param.default
+    if depths is None:
+        raise ValueError(f"{model_cls.__name__}: depths is needed to choose features_only's out_indices")
+    return tuple(range(len(depths)))
