@@ -78,6 +78,17 @@ def _add_datasets(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads torch runs and is timed with, recorded in the report (default: every CPU this process "
+        "may use)",
+    )
+
+
 def _add_json_output(parser: argparse.ArgumentParser, example: str) -> None:
     """Reports are written only when asked, and never over an existing file without ``--force``."""
     parser.add_argument(
@@ -110,6 +121,7 @@ def _add_bench(commands) -> None:
         ),
     )
     _add_device(kernels)
+    _add_threads(kernels)
     kernels.add_argument(
         "--sizes",
         "--size",
@@ -188,6 +200,7 @@ def _add_bench(commands) -> None:
         help="channels_last model and input (default: on)",
     )
     _add_device(models)
+    _add_threads(models)
     models.add_argument("--min-run-time", type=float, default=1.0, help="seconds of timing per model (default: 1)")
     _add_json_output(models, "benchmarks/models-{device}.json")
     models.set_defaults(run="bench_models", parser=models)
@@ -198,6 +211,7 @@ def _add_bench(commands) -> None:
         description="Each token mixer's forward and forward+backward next to dense SDPA attention, per case.",
     )
     _add_device(blocks)
+    _add_threads(blocks)
     blocks.add_argument("--batch", type=_positive_int, default=1, help="default: 1")
     blocks.add_argument(
         "--cases",

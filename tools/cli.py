@@ -9,10 +9,12 @@ subcommand's parser, so they read like the parser's own: one line, exit status 2
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -105,6 +107,26 @@ def _check_models(args: argparse.Namespace, names: list[str]) -> None:
 # --- bench ----------------------------------------------------------------------------------------------------
 
 
+def _with_threads(bench: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    """Run ``bench`` with ``--threads`` torch threads (default: every CPU the process may use), then restore them.
+
+    The timers read ``torch.get_num_threads()`` and so do the reports, so what is timed is what is recorded.
+    """
+
+    @functools.wraps(bench)
+    def run_with_threads(args: argparse.Namespace) -> None:
+        from .bench import record
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(args.threads or record.available_threads())
+        try:
+            bench(args)
+        finally:
+            torch.set_num_threads(before)
+
+    return run_with_threads
+
+
 def _kernel_config(args: argparse.Namespace, device: torch.device):
     """Fill the device-dependent defaults and check the sizes."""
     from .bench import kernels as bench_kernels
@@ -142,6 +164,7 @@ def _kernel_config(args: argparse.Namespace, device: torch.device):
     )
 
 
+@_with_threads
 def bench_kernels(args: argparse.Namespace) -> None:
     from .bench import kernels as bench_kernels
     from .bench import record
@@ -160,6 +183,7 @@ def bench_kernels(args: argparse.Namespace) -> None:
         _write_json(args, path, record.build_report("kernels", device, report.results, settings, extra, args.argv))
 
 
+@_with_threads
 def bench_models(args: argparse.Namespace) -> None:
     from .bench import models as bench_models
     from .bench import record
@@ -195,6 +219,7 @@ def bench_models(args: argparse.Namespace) -> None:
         _write_json(args, path, record.build_report("models", device, results, settings, argv=args.argv))
 
 
+@_with_threads
 def bench_blocks(args: argparse.Namespace) -> None:
     from .bench import blocks as bench_blocks
     from .bench import record

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import datetime
 import json
+import os
 import platform
 import re
 import shlex
@@ -35,6 +36,14 @@ def package_version(package: str) -> str | None:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         return None
+
+
+def available_threads() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def device_description(device: torch.device) -> str:
@@ -84,13 +93,15 @@ class PeakMemory:
 def time_ms(fn: Callable[[], object], min_run_time: float) -> float:
     """Median wall time of ``fn`` in milliseconds (CUDA-synchronised by torch.utils.benchmark).
 
+    Timed with ``torch.get_num_threads()`` threads, the number the report records (the ``attnzoo bench``
+    commands set it from ``--threads``): torch.utils.benchmark's ``Timer`` would otherwise run on one.
     torch.utils.benchmark is imported here, not with this module: it imports torch.utils.cpp_extension, whose
     import logs a CUDA_HOME warning on machines without CUDA, and only timing needs it.
     """
     from torch.utils import benchmark as torch_benchmark
 
     fn()  # warm-up: lazy initialisation, autotuning, caches
-    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn})
+    timer = torch_benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
