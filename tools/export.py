@@ -28,7 +28,15 @@ from attnzoo.train.checkpoint import read_checkpoint
 
 from . import model_card
 
-__all__ = ["ONNX_ATOL", "ONNX_RTOL", "check_onnx", "check_out_dir", "export_checkpoint", "export_onnx"]
+__all__ = [
+    "ONNX_ATOL",
+    "ONNX_RTOL",
+    "check_onnx",
+    "check_out_dir",
+    "count_input_macs",
+    "export_checkpoint",
+    "export_onnx",
+]
 
 # |onnx - eager| <= ONNX_ATOL + ONNX_RTOL * |eager|, elementwise on the logits. Measured on the CPU in fp32 (2 cores,
 # onnxruntime 1.32, torch 2.14.1): the smallest variant of every family at its input size, random weights, batches of
@@ -108,7 +116,7 @@ def export_checkpoint(
         raise RuntimeError(f"config.json has num_classes {config.get('num_classes')}, expected {contents.num_classes}")
 
     metrics, metrics_source = model_card.validation_metrics(checkpoint, run, ema=ema)
-    dataset_name, dataset_text = model_card.dataset_summary(run.data_hparams)
+    dataset_name, dataset_text = model_card.dataset_summary(run.data_hparams, datasets)
     paper = model_card.paper_for(source_cfg)
     fallback = None
     if paper is None and (source_cfg.get("paper_name") or source_cfg.get("paper_ids")):
@@ -141,9 +149,35 @@ def export_checkpoint(
         epoch=run.epoch,
         global_step=run.global_step,
         load_as=f"hf-hub:{repo_id}" if repo_id else f"local-dir:{out_dir}",
+        hyperparameters=model_card.hyperparameters(run),
+        versions=model_card.framework_versions(run),
+        macs=count_input_macs(contents.model, contents.num_classes, contents.model_kwargs, model, config),
     )
     (out_dir / "README.md").write_text(model_card.render_card(facts), encoding="utf-8")
     return out_dir
+
+
+def count_input_macs(
+    name: str, num_classes: int, model_kwargs: dict, model: torch.nn.Module, config: dict
+) -> int | None:
+    """Multiply-accumulates of one image at the exported input size (:func:`attnzoo.tools.macs.count_macs`).
+
+    Counted on the meta device (no arithmetic, no memory for weights) where the model runs there, else with a real
+    forward of ``model`` at batch 1; ``None`` when neither can count it (the card then leaves it out).
+    """
+    from .macs import count_macs
+
+    size = tuple((config.get("pretrained_cfg") or {}).get("input_size") or model.pretrained_cfg["input_size"])
+    try:
+        with torch.device("meta"):
+            meta = timm.create_model(name, pretrained=False, num_classes=num_classes, **model_kwargs).eval()
+        return count_macs(meta, torch.empty(1, *size, device="meta"))
+    except Exception:  # noqa: BLE001 - an operator without a meta kernel: count a real forward instead
+        pass
+    try:
+        return count_macs(model, torch.zeros(1, *size))
+    except Exception:  # noqa: BLE001 - no number rather than no export
+        return None
 
 
 def _load_export(model_dir: Path) -> torch.nn.Module:

@@ -1,4 +1,6 @@
-"""The model card (``README.md``) of an exported model: license, paper, run metrics and data, in the Hub's format.
+"""The model card (``README.md``) of an exported model, in the Hub's format: usage (with ``import attnzoo``), intended
+use and limitations, license, paper, size (parameters, GMACs), training data and hyper-parameters, run metrics and
+framework versions.
 
 Everything on the card is read from the training checkpoint and its run folder, never guessed: a fact that is
 not recorded (a dataset's Hub id, the scores of a checkpoint written between validations) is left out or said to
@@ -32,7 +34,9 @@ __all__ = [
     "RunRecord",
     "WeightsLicense",
     "dataset_summary",
+    "framework_versions",
     "front_matter_yaml",
+    "hyperparameters",
     "markdown_code",
     "markdown_text",
     "paper_for",
@@ -323,6 +327,10 @@ class RunRecord:
     global_step: int | None = None
     # ModelCheckpoint callbacks that name this very file as their best: {monitored metric: score}
     checkpoint_scores: dict[str, float] = field(default_factory=dict)
+    # what the checkpoint says about the software that wrote it: {"lightning": "2.6.6", "timm": "1.0.31"}
+    versions: dict[str, str] = field(default_factory=dict)
+    precision: str | None = None  # only when the checkpoint shows it (fp16's gradient scaler state)
+    scheduled_updates: int | None = None  # the schedule's length in optimizer updates (timm's ``t_initial``)
 
 
 def read_run(checkpoint: str | Path) -> RunRecord:
@@ -341,13 +349,113 @@ def read_run(checkpoint: str | Path) -> RunRecord:
             continue
         if Path(str(state.get("best_model_path") or "")).name == path.name:
             scores[str(state["monitor"])] = float(state["best_model_score"])
+    versions = {
+        package: str(ckpt[key])
+        for package, key in (("lightning", "pytorch-lightning_version"), ("timm", "timm_version"))
+        if ckpt.get(key)
+    }
+    # Lightning stores a precision plugin's state only when it has one: fp16 mixed precision's gradient scaler
+    precision = "16-mixed (fp16 autocast, gradient scaler)" if ckpt.get("MixedPrecision") else None
+    scheduled = None
+    schedulers = ckpt.get("lr_schedulers") or []
+    if schedulers and isinstance(schedulers[0], dict) and isinstance(schedulers[0].get("t_initial"), (int, float)):
+        scheduled = int(schedulers[0]["t_initial"])
     return RunRecord(
         hparams=dict(ckpt.get("hyper_parameters") or {}),
         data_hparams=dict(ckpt.get("datamodule_hyper_parameters") or {}),
         epoch=ckpt.get("epoch"),
         global_step=ckpt.get("global_step"),
         checkpoint_scores=scores,
+        versions=versions,
+        precision=precision,
+        scheduled_updates=scheduled,
     )
+
+
+def _plain(value: Any) -> str:
+    """A hyper-parameter as a plain value: numbers as Python writes them, ``None`` as "none", lists with commas."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items())
+    return str(value)
+
+
+def hyperparameters(run: RunRecord) -> list[tuple[str, str]]:
+    """The training run's hyper-parameters as ``(name, plain value)`` rows, read from the checkpoint's
+    ``hyper_parameters`` (the task's) and ``datamodule_hyper_parameters``; a setting the run did not record is left
+    out. The values are plain text from data: :func:`render_card` escapes them."""
+    h, d = run.hparams, run.data_hparams
+    rows: list[tuple[str, Any]] = []
+
+    def add(name: str, value: Any, when: bool = True) -> None:
+        if when:
+            rows.append((name, value))
+
+    add("optimizer", h.get("opt"), "opt" in h)
+    add("optimizer arguments", h.get("opt_kwargs"), bool(h.get("opt_kwargs")))
+    add("learning rate (peak)", h.get("lr"), "lr" in h)
+    add("weight decay", h.get("weight_decay"), "weight_decay" in h)
+    add("layer-wise lr decay", h.get("layer_decay"), h.get("layer_decay") is not None)
+    add("schedule", h.get("sched"), "sched" in h)
+    add("schedule arguments", h.get("sched_kwargs"), bool(h.get("sched_kwargs")))
+    add("warmup epochs", h.get("warmup_epochs"), "warmup_epochs" in h)
+    add("warmup learning rate", h.get("warmup_lr"), bool(h.get("warmup_epochs")) and "warmup_lr" in h)
+    add("minimum learning rate", h.get("min_lr"), "min_lr" in h)
+    add("cooldown epochs", h.get("cooldown_epochs"), bool(h.get("cooldown_epochs")))
+    add("scheduled updates", run.scheduled_updates, run.scheduled_updates is not None)
+    add("epochs trained", run.epoch + 1 if run.epoch is not None else None, run.epoch is not None)
+    add("optimizer updates", run.global_step, run.global_step is not None)
+    add("batch size (per process)", d.get("batch_size"), "batch_size" in d)
+    add("input size", d.get("input_size"), d.get("input_size") is not None)
+    add("mixup alpha", h.get("mixup"), "mixup" in h)
+    add("cutmix alpha", h.get("cutmix"), "cutmix" in h)
+    mixing = bool(h.get("mixup")) or bool(h.get("cutmix"))
+    add("mixup/cutmix probability", h.get("mixup_prob"), mixing and "mixup_prob" in h)
+    add("label smoothing", h.get("label_smoothing"), "label_smoothing" in h)
+    drop_path = h.get("drop_path_rate")
+    if drop_path is None:
+        drop_path = (h.get("model_kwargs") or {}).get("drop_path_rate")
+    add("drop path rate", "the model's default" if drop_path is None else drop_path, "model" in h)
+    add("EMA decay", h.get("ema_decay") if h.get("ema_decay") is not None else "off", "ema_decay" in h)
+    add("EMA warmup", h.get("ema_warmup"), h.get("ema_decay") is not None and "ema_warmup" in h)
+    add("frozen backbone (linear probe)", h.get("freeze_backbone"), bool(h.get("freeze_backbone")))
+    for name, key in (("auto-augment", "auto_augment"), ("random erasing probability", "re_prob")):
+        add(name, d.get(key), bool(d.get(key)))
+    add("precision", run.precision, run.precision is not None)
+    return [(name, _plain(value)) for name, value in rows]
+
+
+def framework_versions(run: RunRecord) -> list[tuple[str, str, str]]:
+    """``(package, version, where it was read)``: the training run's, where its checkpoint records them (Lightning
+    and timm), else the versions of this export."""
+    import importlib.metadata
+
+    import timm
+
+    import attnzoo
+
+    def installed(package: str) -> str | None:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    training, export = "training run (recorded in the checkpoint)", "export (not recorded by the run)"
+    rows = [
+        ("attnzoo", str(attnzoo.__version__), export),
+        ("torch", torch.__version__, export),
+        ("timm", run.versions["timm"], training) if "timm" in run.versions else ("timm", timm.__version__, export),
+    ]
+    if "lightning" in run.versions:
+        rows.append(("lightning", run.versions["lightning"], training))
+    elif installed("lightning"):
+        rows.append(("lightning", str(installed("lightning")), export))
+    return rows
 
 
 def _version_number(folder: Path) -> int:
@@ -410,18 +518,23 @@ _METRIC_NAMES = {
 }
 
 
-def dataset_summary(data_hparams: Mapping[str, Any]) -> tuple[str, str]:
-    """(a short name, a markdown description with the names in it escaped) of the data module a run trained on."""
+def dataset_summary(data_hparams: Mapping[str, Any], datasets: Sequence[str] = ()) -> tuple[str, str]:
+    """(the dataset's name, a markdown description of where the run read it, names escaped).
+
+    The name is the user's: the first Hub dataset id given (``attnzoo export --dataset``), else the name of the data
+    module's root folder (the digits tree's when the run used its default root); the data module's class names only
+    the reader."""
     class_path = str(data_hparams.get("_class_path") or "")
     kind = class_path.rsplit(".", 1)[-1] or "unknown data module"
     root = data_hparams.get("root")
-    name = Path(str(root)).name if root else kind
+    folder = Path(str(root)).name if root else ("digits" if kind == "DigitsData" else None)
+    name = str(datasets[0]) if datasets else (folder or kind)
     splits = ", ".join(
         f"{what} split {markdown_code(data_hparams[key])}"
         for what, key in (("training", "train_split"), ("validation", "val_split"))
         if data_hparams.get(key)
     )
-    text = markdown_code(kind) + (f" over the folder {markdown_code(name)}" if root else "")
+    text = (f"the folder {markdown_code(folder)}, read by " if folder else "read by ") + markdown_code(kind)
     text += f" ({splits})" if splits else ""
     if kind == "DigitsData":
         text += ": scikit-learn's handwritten digits (UCI Optical Recognition of Handwritten Digits)"
@@ -453,6 +566,10 @@ class CardFacts:
     epoch: int | None = None
     global_step: int | None = None
     load_as: str = "local-dir:PATH"
+    # (name, plain value) rows of :func:`hyperparameters`; (package, version, where) rows of :func:`framework_versions`
+    hyperparameters: Sequence[tuple[str, str]] = ()
+    versions: Sequence[tuple[str, str, str]] = ()
+    macs: int | None = None  # multiply-accumulates of one image at ``data_config["input_size"]``
 
 
 def _front_matter(facts: CardFacts) -> str:
@@ -486,36 +603,98 @@ def _front_matter(facts: CardFacts) -> str:
     return front_matter_yaml(data.to_dict())
 
 
+def _usage(facts: CardFacts) -> list[str]:
+    return [
+        "## Use",
+        "",
+        "attnzoo must be installed and imported first: importing it registers the architecture in timm. Without it",
+        "(the Hub's timm widget, or `timm.create_model` alone) timm fails with `Unknown model`.",
+        "",
+        "```python",
+        "import attnzoo  # registers the architecture in timm",
+        "import timm",
+        "import torch",
+        "from PIL import Image",
+        "",
+        f"model = timm.create_model({json.dumps(facts.load_as)}, pretrained=True).eval()",  # a valid literal
+        "transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)",
+        'labels = model.pretrained_cfg.get("label_names")  # the class names, by class index',
+        "",
+        'image = transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)',
+        "with torch.no_grad():",
+        "    probabilities = model(image).softmax(-1)[0]",
+        "top = probabilities.topk(min(5, probabilities.numel()))",
+        "for p, i in zip(top.values.tolist(), top.indices.tolist()):",
+        '    print(labels[i] if labels else i, f"{p:.3f}")',
+        "```",
+    ]
+
+
+def _input_text(facts: CardFacts) -> str | None:
+    size = facts.data_config.get("input_size")
+    return f"{size[-2]}x{size[-1]}" if size and len(size) >= 2 else None
+
+
+def _intended_use(facts: CardFacts) -> list[str]:
+    dataset = markdown_code(facts.dataset_name)
+    pixels = _input_text(facts)
+    at = f" at {pixels} pixels" if pixels else ""
+    scratch = facts.started_from.startswith("random initialisation")
+    top1 = facts.metrics.get("acc1")
+    score = (
+        f"its only recorded evaluation is {top1:.2%} top-1 on the run's own validation split"
+        if top1 is not None
+        else "no validation score of these weights is recorded"
+    )
+    lines = [
+        "## Intended use and limitations",
+        "",
+        f"- **Intended use:** classifying images like those of {dataset} into its {facts.num_classes} classes{at}, "
+        "preprocessed as `config.json` states (`timm.data.resolve_model_data_config` reads it); research on the "
+        "architecture, and a starting point for fine-tuning on similar data.",
+        f"- **Out of scope:** images unlike the training data and classes outside these {facts.num_classes}: the "
+        'model always answers one of its classes (there is no "none of these"), and its probabilities are not '
+        "calibrated. Not for decisions about people, safety or health.",
+        f"- **Limitations:** {score}; no test set, robustness or bias evaluation is recorded. The model knows only "
+        f"what {dataset} shows"
+        + (f", and was trained from scratch{at}" if scratch else "")
+        + "; accuracy on other data, sizes or preprocessing is unknown. The license below may restrict use.",
+    ]
+    return lines
+
+
 def render_card(facts: CardFacts) -> str:
-    """The card: YAML front matter (library, license, tags, datasets, metrics) and a markdown body.
+    """The card: YAML front matter (library, license, tags, datasets, metrics) and a markdown body: usage, intended
+    use and limitations, model details (parameters, GMACs), training data, training hyper-parameters, results,
+    framework versions, citation.
 
     What comes from data is escaped (see the module doc); the facts' markdown fields (``started_from``,
-    ``dataset_text``, ``metrics_source``, the license's reason) come escaped from this module's helpers."""
+    ``dataset_text``, ``metrics_source``, the license's reason) come escaped from this module's helpers, the plain
+    ones (hyper-parameters, versions, dataset name) are escaped here."""
     lines = [f"---\n{_front_matter(facts)}\n---", f"# {markdown_text(facts.model_name)}", ""]
     family = f" ({facts.paper.title})" if facts.paper else ""
     architecture = markdown_code(facts.architecture)
     lines += [
         f"An image classifier: {architecture}{family}, trained with attnzoo starting from {facts.started_from}.",
         "",
-        "## Use",
+        *_usage(facts),
         "",
-        "```python",
-        "import attnzoo  # registers the architecture in timm",
-        "import timm",
-        "",
-        f"model = timm.create_model({json.dumps(facts.load_as)}, pretrained=True).eval()",  # a valid literal
-        "transform = timm.data.create_transform(**timm.data.resolve_model_data_config(model), is_training=False)",
-        'labels = model.pretrained_cfg.get("label_names")',
-        "```",
+        *_intended_use(facts),
         "",
         "## Model details",
         "",
         f"- **Architecture:** {architecture}"
         + (f", arguments {markdown_code(facts.model_args)}" if facts.model_args else "")
-        + f"; {facts.num_params / 1e6:.2f} M parameters",
-        f"- **Weights:** {'the exponential moving average (EMA) of the ' if facts.ema else 'the '}trained weights"
-        + (f", epoch {facts.epoch + 1}, step {facts.global_step}" if facts.epoch is not None else ""),
+        + f"; {facts.num_params / 1e6:.3g} M parameters ({facts.num_params:,})",
     ]
+    pixels = _input_text(facts)
+    if facts.macs is not None:
+        where = f" per {pixels} image" if pixels else " per image"
+        lines.append(f"- **Compute:** {facts.macs / 1e9:.4g} GMACs ({facts.macs:,} multiply-accumulates){where}")
+    lines.append(
+        f"- **Weights:** {'the exponential moving average (EMA) of the ' if facts.ema else 'the '}trained weights"
+        + (f", epoch {facts.epoch + 1}, step {facts.global_step}" if facts.epoch is not None else "")
+    )
     size = facts.data_config.get("input_size")
     if size:
         preprocessing = ", ".join(
@@ -530,10 +709,17 @@ def render_card(facts: CardFacts) -> str:
         classes += f": {shown}" + (", ..." if len(facts.label_names) > 50 else "")
     lines.append(classes)
     lines.append(f"- **License:** `{facts.license.id}`: {facts.license.reason}. attnzoo's code is MIT-licensed.")
-    lines += ["", "## Training data", "", f"- {facts.dataset_text}"]
-    lines += [
-        f"- Hub dataset: [{markdown_text(d)}](https://huggingface.co/datasets/{quote(str(d))})" for d in facts.datasets
-    ]
+    if facts.datasets:
+        named = ", ".join(
+            f"[{markdown_text(d)}](https://huggingface.co/datasets/{quote(str(d))})" for d in facts.datasets
+        )
+    else:
+        named = markdown_code(facts.dataset_name)
+    lines += ["", "## Training data", "", f"- **Dataset:** {named}", f"- **Read from:** {facts.dataset_text}"]
+    if facts.hyperparameters:
+        lines += ["", "## Training procedure", "", "| hyper-parameter | value |", "| --- | --- |"]
+        lines += [f"| {name} | {markdown_text(value)} |" for name, value in facts.hyperparameters]
+        lines += ["", "Read from the checkpoint's hyper-parameters (the task's and the data module's)."]
     lines += ["", "## Results", ""]
     if facts.metrics:
         lines += ["| metric | value |", "| --- | --- |"]
@@ -543,6 +729,9 @@ def render_card(facts: CardFacts) -> str:
         lines += ["", f"Source: {facts.metrics_source}."]
     else:
         lines.append(f"Not recorded: {facts.metrics_source}.")
+    if facts.versions:
+        lines += ["", "## Framework versions", "", "| package | version | from |", "| --- | --- | --- |"]
+        lines += [f"| {p} | {markdown_text(v)} | {where} |" for p, v, where in facts.versions]
     lines += ["", "## Citation", ""]
     if facts.paper:
         authors = ", ".join(facts.paper.authors)

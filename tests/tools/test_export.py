@@ -103,6 +103,95 @@ def test_card_states_license_paper_run_metrics_and_data(run, tmp_path):
     assert "exponential moving average" in ema.text
 
 
+def _section(text: str, heading: str) -> str:
+    """The body of the card's ``## heading`` section (up to the next ``## ``)."""
+    assert f"\n## {heading}\n" in text, f"no section {heading!r}"
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def _table(section: str) -> dict[str, list[str]]:
+    """A markdown table's rows: first cell -> the other cells (header and rule rows included)."""
+    rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in section.splitlines() if line[:1] == "|"]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_card_has_use_limits_hyperparameters_versions_and_macs(run, tmp_path, capsys):
+    """Intended use and limitations, the run's hyper-parameters, framework versions, GMACs at the input size and a
+    usage snippet that imports attnzoo and runs as written."""
+    import attnzoo
+    from attnzoo.tools.macs import count_macs
+
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    text = ModelCard.load(export_checkpoint(checkpoint, tmp_path / "export") / "README.md").text
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+
+    limits = _section(text, "Intended use and limitations")
+    assert "**Intended use:**" in limits and "**Out of scope:**" in limits and "**Limitations:**" in limits
+    assert "3 classes at 32x32 pixels" in limits and f"{_last_validation(run)['val/acc1']:.2%} top-1" in limits
+
+    hparams = {name: values[0] for name, values in _table(_section(text, "Training procedure")).items()}
+    expected = {
+        "optimizer": "adamw",
+        "learning rate (peak)": "0.002",
+        "weight decay": "0.05",
+        "schedule": "cosine",
+        "warmup epochs": "1.0",
+        "minimum learning rate": "1e-05",
+        "epochs trained": "2",
+        "batch size (per process)": "4",  # the data module's hparams (fit_args' 8, overridden)
+        "mixup alpha": "0.0",
+        "cutmix alpha": "0.0",
+        "label smoothing": "0.0",
+        "drop path rate": "the model's default",
+        "EMA decay": "0.5",
+    }
+    assert {key: hparams.get(key) for key in expected} == expected
+    assert "precision" not in hparams  # bf16/fp32 leave no trace in a Lightning checkpoint: not guessed
+
+    versions = {name: values for name, values in _table(_section(text, "Framework versions")).items()}
+    assert versions["timm"][0] == state["timm_version"] and "checkpoint" in versions["timm"][1]
+    assert versions["lightning"][0] == state["pytorch-lightning_version"] and "checkpoint" in versions["lightning"][1]
+    assert versions["torch"][0] == torch.__version__ and versions["attnzoo"][0] == attnzoo.__version__
+
+    model = timm.create_model("nat_mini", num_classes=3, **ONE_STAGE_NAT).eval()
+    macs = count_macs(model, torch.zeros(1, 3, 32, 32))
+    details = _section(text, "Model details")
+    assert f"{macs / 1e9:.4g} GMACs ({macs:,} multiply-accumulates) per 32x32 image" in details
+
+    snippet = re.search(r"^```python\n(.*?)^```$", _section(text, "Use"), flags=re.S | re.M).group(1)
+    assert snippet.index("import attnzoo") < snippet.index("timm.create_model(")
+    image = tmp_path / "zebra.png"
+    Image.fromarray(np.full((24, 24, 3), 30, dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    exec(compile(snippet.replace('"image.jpg"', repr(str(image))), "card", "exec"), {})  # noqa: S102
+    printed = capsys.readouterr().out.split()
+    assert printed[0] in CLASSES and len(printed) == 6  # the 3 classes with their probabilities
+
+
+def test_card_names_the_dataset_given_or_the_data_root(run, tmp_path, capsys):
+    """Not the data module's class: ``--dataset ID`` when given, else the data root's folder name."""
+    from attnzoo.tools import cli
+
+    checkpoint = run / "checkpoints" / "last.ckpt"
+    root_name = Path(model_card.read_run(checkpoint).data_hparams["root"]).name
+    card = ModelCard.load(export_checkpoint(checkpoint, tmp_path / "plain") / "README.md")
+    assert {result.dataset_name for result in card.data.eval_results} == {root_name}
+    data = _section(card.text, "Training data")
+    assert f"- **Dataset:** `{root_name}`\n" in data and "read by `ImageFolderData`" in data
+    assert f"images like those of `{root_name}`" in _section(card.text, "Intended use and limitations")
+
+    cli.main(["export", str(checkpoint), str(tmp_path / "named"), "--dataset", "org/shapes"])
+    card = ModelCard.load(tmp_path / "named" / "README.md")
+    assert card.data.datasets == ["org/shapes"]
+    assert {result.dataset_name for result in card.data.eval_results} == {"org/shapes"}
+    assert "- **Dataset:** [org/shapes](https://huggingface.co/datasets/org/shapes)\n" in card.text
+    assert "images like those of `org/shapes`" in card.text
+
+    digits = model_card.dataset_summary({"_class_path": "attnzoo.train.DigitsData", "root": None})
+    assert digits[0] == "digits" and "handwritten digits" in digits[1]
+    assert model_card.dataset_summary({"_class_path": "x.ImageFolderData", "root": "/data/imagenet/"})[0] == "imagenet"
+
+
 def test_card_scores_the_checkpoint_it_exports_also_outside_its_run_folder(run, tmp_path):
     """best.ckpt may be older than the last validation: its own score, from the log or from ModelCheckpoint."""
     best = run / "checkpoints" / "best.ckpt"
@@ -216,6 +305,8 @@ def test_card_escapes_what_comes_from_data():
         dataset_name=EVIL_DATASET,
         dataset_text=model_card.dataset_summary({"_class_path": "m.ImageFolderData", "root": "/d/#`<b>`"})[1],
         datasets=[EVIL_DATASET],
+        hyperparameters=[("optimizer", EVIL_CLASS), ("schedule", "a|b <i>c</i>")],
+        versions=[("timm", "1.0\n# <b>x</b> [l](http://v)", "training run")],
     )
     text = model_card.render_card(facts)
     assert text.startswith("---\n")
@@ -227,7 +318,7 @@ def test_card_escapes_what_comes_from_data():
     assert card.data.datasets == [EVIL_DATASET] and card.data.eval_results[0].dataset_name == EVIL_DATASET
     markup = _markup(body)
     headings = [line for line in markup.splitlines() if re.match(r" {0,3}#{1,6}( |$)", line)]
-    assert len(headings) == 6 and headings[0].startswith("# run")  # the card's own: title, Use, ..., Citation
+    assert len(headings) == 9 and headings[0].startswith("# run")  # the card's own: title, Use, ..., Citation
     assert "<" not in markup and ">" not in markup  # no HTML: only entities
     assert re.findall(r"\]\((\S+?)\)", markup) == [
         "https://huggingface.co/org/%3Cx%3E",
