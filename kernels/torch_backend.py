@@ -1,8 +1,9 @@
 """The exact pure-PyTorch backend: the reference every other backend is tested against.
 
-Both ops gather each query's keys explicitly, so memory is O(queries x keys-per-query x head_dim)
-and never O(queries x all keys). They run on any device, support autograd through plain indexing,
-and trace with ``torch.compile(fullgraph=True)``.
+``na2d`` attends query tiles to their key halos (batched GEMMs, autograd through plain ops);
+``gather_attention`` runs in query chunks of bounded memory, choosing per call between gathering the listed
+keys and taking them from a chunk's dense scores, with a FlashAttention-style backward that keeps no
+gathered copy. Both run on any device and trace with ``torch.compile(fullgraph=True)``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._dispatch import register
 
@@ -130,15 +132,175 @@ def na2d_torch(q, k, v, kernel_size: int, dilation: int, rpb, scale: float, attn
     return out[:, rows.slot_of_position][:, :, cols.slot_of_position]
 
 
-def gather_attention_torch(q, k, v, index, scale: float) -> torch.Tensor:
-    """Attention of each query over the keys ``index`` lists, by gathering them."""
-    batch, heads, n_queries, keys_per_query = index.shape
-    flat = index.reshape(batch, heads, n_queries * keys_per_query, 1)
-    k_sel = k.gather(2, flat.expand(-1, -1, -1, k.shape[-1])).view(batch, heads, n_queries, keys_per_query, k.shape[-1])
-    v_sel = v.gather(2, flat.expand(-1, -1, -1, v.shape[-1])).view(batch, heads, n_queries, keys_per_query, v.shape[-1])
-    logits = ((q.unsqueeze(-2) * scale) @ k_sel.transpose(-1, -2)).squeeze(-2)  # (B, h, Nq, K)
-    attn = logits.to(_softmax_dtype(q.dtype)).softmax(dim=-1).to(v.dtype)
-    return (attn.unsqueeze(-2) @ v_sel).squeeze(-2)
+DENSE_KEYS_PER_LISTED = 32
+"""Cost rule of :func:`gather_attention_torch`: dense scores when ``Nk <= DENSE_KEYS_PER_LISTED * K``, else gather.
+
+The gather path copies ``K * (d + dv)`` elements per query into memory-bound batched matrix-vector products;
+the dense path spends ``Nk * (d + dv)`` multiply-adds in GEMMs, which on the CPU (fp32, 2 threads, forward and
+backward at head dim 64) cost about 1/32 to 1/47 of a gathered slot each: 4x faster at Nk = 6 K, 1.3x at
+24.5 K, 2x slower at 98 K.
+"""
+
+CHUNK_ELEMENTS = 1 << 21
+"""Largest per-chunk temporary (elements) of :func:`gather_attention_torch`: 8 MB in float32."""
+
+
+def _static(size) -> int | None:
+    """A size as a Python int, or ``None`` while it is symbolic (dynamic compile/export): never guard on it."""
+    return size if isinstance(size, int) else None
+
+
+def _plan(q, k, v, index, path: str | None) -> tuple[str, int]:
+    """``(path, queries per chunk)`` for one call: the cost rule unless ``path`` forces one."""
+    batch, heads, n_queries, listed = index.shape
+    n_keys, head_dim, head_dim_v = k.shape[2], q.shape[-1], v.shape[-1]
+    if path is None:
+        path = "dense" if n_keys <= DENSE_KEYS_PER_LISTED * listed else "gather"
+    per_query = n_keys if path == "dense" else listed * max(head_dim, head_dim_v)
+    sizes = [_static(s) for s in (batch, heads, n_queries, per_query)]
+    if None in sizes:  # symbolic shapes: one chunk, so that the traced graph holds no shape-dependent loop
+        return path, n_queries
+    batch, heads, n_queries, per_query = sizes
+    return path, max(1, min(n_queries, CHUNK_ELEMENTS // max(1, batch * heads * per_query)))
+
+
+def _chunk_logits(q_c, k, index_c, scale: float, path: str, k_rows=None):
+    """Scaled logits ``(B, h, c, K)`` of a query chunk in the softmax dtype; gathers ``k`` rows on the gather path."""
+    if path == "dense":
+        logits = (q_c @ k.transpose(-1, -2)).gather(-1, index_c)  # (B, h, c, Nk) -> the listed entries
+    else:
+        logits = (q_c.unsqueeze(-2) @ k_rows.transpose(-1, -2)).squeeze(-2)
+    return logits.to(_softmax_dtype(q_c.dtype)) * scale
+
+
+def _flat_rows(index_c, n_keys: int):
+    """Positions of the listed rows in ``t.reshape(B * h * Nk, dim)``: ``(B * h * c * K,)``."""
+    batch, heads = index_c.shape[:2]
+    offset = torch.arange(batch * heads, device=index_c.device).view(batch, heads, 1, 1) * n_keys
+    return (index_c + offset).flatten()
+
+
+def _rows(t, flat):
+    """``t``'s listed rows as ``(B * h * c * K, dim)``: the gather path's per-chunk copy, never saved.
+
+    ``index_select`` on the flattened rows, not ``gather`` with an expanded index: a row copy, several times faster.
+    """
+    return t.reshape(-1, t.shape[-1]).index_select(0, flat)
+
+
+def _spread(weights, index_c, n_keys: int):
+    """``(B, h, c, K)`` slot weights -> ``(B, h, c, Nk)`` per key; repeated slots of one key add up."""
+    dense = weights.new_zeros(*weights.shape[:-1], n_keys)
+    return dense.scatter_add_(-1, index_c, weights)
+
+
+def _forward_chunks(q, k, v, index, scale: float, path: str, chunk: int):
+    """Output ``(B, h, Nq, dv)`` and row logsumexp ``(B, h, Nq)`` (softmax dtype), chunk by chunk."""
+    n_keys, n_queries = k.shape[2], q.shape[2]
+    outs, lses = [], []
+    for start in range(0, n_queries, chunk):
+        q_c, index_c = q[:, :, start : start + chunk], index[:, :, start : start + chunk]
+        k_rows = v_rows = None
+        if path == "gather":
+            flat = _flat_rows(index_c, n_keys)
+            k_rows, v_rows = (_rows(t, flat).view(*index_c.shape, t.shape[-1]) for t in (k, v))
+        logits = _chunk_logits(q_c, k, index_c, scale, path, k_rows)
+        lse = logits.logsumexp(dim=-1)
+        p = (logits - lse.unsqueeze(-1)).exp().to(v.dtype)
+        if path == "dense":
+            outs.append(_spread(p, index_c, n_keys) @ v)
+        else:
+            outs.append((p.unsqueeze(-2) @ v_rows).squeeze(-2))
+        lses.append(lse)
+    if not outs:  # no queries
+        shape = (*q.shape[:3],)
+        return q.new_empty(*shape, v.shape[-1], dtype=v.dtype), q.new_empty(shape, dtype=_softmax_dtype(q.dtype))
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+def _backward_chunks(q, k, v, index, out, lse, grad_out, scale: float, path: str, chunk: int, needs):
+    """``(dq, dk, dv)`` recomputed per query chunk from the saved tensors (FlashAttention's backward).
+
+    ``dS = P * (dP - delta)`` with ``delta = rowsum(dO * O)``; dk and dv accumulate in the softmax dtype.
+    """
+    n_keys, n_queries = k.shape[2], q.shape[2]
+    acc = _softmax_dtype(q.dtype)
+    grad_q = torch.zeros_like(q, memory_format=torch.contiguous_format) if needs[0] else None
+    grad_k = torch.zeros(k.shape, dtype=acc, device=k.device) if needs[1] else None
+    grad_v = torch.zeros(v.shape, dtype=acc, device=v.device) if needs[2] else None
+    for start in range(0, n_queries, chunk):
+        stop = start + chunk
+        q_c, index_c, do_c = q[:, :, start:stop], index[:, :, start:stop], grad_out[:, :, start:stop]
+        k_rows = v_rows = None
+        if path == "gather":
+            flat = _flat_rows(index_c, n_keys)
+            k_rows, v_rows = (_rows(t, flat).view(*index_c.shape, t.shape[-1]) for t in (k, v))
+        logits = _chunk_logits(q_c, k, index_c, scale, path, k_rows)
+        p = (logits - lse[:, :, start:stop].unsqueeze(-1)).exp()  # (B, h, c, K)
+        delta = (do_c.to(acc) * out[:, :, start:stop].to(acc)).sum(-1, keepdim=True)
+        if path == "dense":
+            grad_p = (do_c @ v.transpose(-1, -2)).gather(-1, index_c).to(acc)
+        else:
+            grad_p = (v_rows @ do_c.unsqueeze(-1)).squeeze(-1).to(acc)
+        grad_s = (p * (grad_p - delta) * scale).to(q.dtype)  # d loss / d (q . k), scale folded in
+        p = p.to(v.dtype)
+        if path == "dense":
+            weights, grad_logits = _spread(p, index_c, n_keys), _spread(grad_s, index_c, n_keys)
+            if grad_q is not None:
+                grad_q[:, :, start:stop] = grad_logits @ k
+            if grad_k is not None:
+                grad_k += grad_logits.transpose(-1, -2) @ q_c
+            if grad_v is not None:
+                grad_v += weights.transpose(-1, -2) @ do_c
+            continue
+        if grad_q is not None:
+            grad_q[:, :, start:stop] = (grad_s.unsqueeze(-2) @ k_rows).squeeze(-2)
+        if grad_k is not None:  # a key listed by many queries (or twice by one) collects every contribution
+            contrib = grad_s.unsqueeze(-1) * q_c.unsqueeze(-2)  # (B, h, c, K, d)
+            grad_k.view(-1, k.shape[-1]).index_add_(0, flat, contrib.reshape(flat.shape[0], -1).to(acc))
+        if grad_v is not None:
+            contrib = p.unsqueeze(-1) * do_c.unsqueeze(-2)
+            grad_v.view(-1, v.shape[-1]).index_add_(0, flat, contrib.reshape(flat.shape[0], -1).to(acc))
+    return (
+        grad_q,
+        None if grad_k is None else grad_k.to(k.dtype),
+        None if grad_v is None else grad_v.to(v.dtype),
+    )
+
+
+class _GatherAttentionTorch(torch.autograd.Function):
+    """Saves q, k, v, index, output and logsumexp; no gathered rows, probabilities or scores (recomputed)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, index, scale, path, chunk):
+        out, lse = _forward_chunks(q, k, v, index, scale, path, chunk)
+        ctx.save_for_backward(q, k, v, index, out, lse)
+        ctx.scale, ctx.path, ctx.chunk = scale, path, chunk
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):
+        q, k, v, index, out, lse = ctx.saved_tensors
+        grads = _backward_chunks(
+            q, k, v, index, out, lse, grad_out, ctx.scale, ctx.path, ctx.chunk, ctx.needs_input_grad[:3]
+        )
+        return (*grads, None, None, None, None)
+
+
+def gather_attention_torch(q, k, v, index, scale: float, path: str | None = None) -> torch.Tensor:
+    """Attention of each query over the keys ``index`` lists, in query chunks of bounded memory.
+
+    Per call the cost rule (:data:`DENSE_KEYS_PER_LISTED`) picks ``"dense"`` (a chunk's scores ``q k^T`` as a
+    GEMM, the listed entries taken with ``gather``, the weights scattered back over the keys and multiplied
+    with ``v``) or ``"gather"`` (each query's listed k/v rows copied); ``path`` forces one. Repeated
+    indices are separate slots, each with its own softmax weight. Backward recomputes from q, k, v, index,
+    output and logsumexp, so nothing of size ``Nq * K * d`` or ``Nq * Nk`` outlives a chunk.
+    """
+    path, chunk = _plan(q, k, v, index, path)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        return _forward_chunks(q, k, v, index, scale, path, chunk)[0]
+    return _GatherAttentionTorch.apply(q, k, v, index, scale, path, chunk)
 
 
 def na2d_attention_weights(
