@@ -9,9 +9,15 @@ check (devices, model names) is checked there and reported through the same one-
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import shlex
 import sys
+import warnings
+from importlib import metadata
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 # Choices the parser offers without importing torch; tests/tools/test_cli.py checks them against their sources.
 BACKENDS = ("torch", "triton", "flex", "natten")  # attnzoo.kernels.BACKENDS
@@ -33,6 +39,101 @@ train.py alone also has --device-modules MODULE ..., which it imports first, so 
   python pytorch-image-models/train.py --device-modules attnzoo --model nat_tiny ...
 works without this command.
 """
+
+
+# Dependency noise on every run, dropped by exact message in the entry points (never in the library):
+# Lightning's advertisements (logged at INFO through its rank-zero logger) and deprecation warnings that
+# Lightning itself triggers (its _pytree module builds torch's LeafSpec; its CLI calls jsonargparse's
+# add_instantiator and instantiate_classes, its SaveConfigCallback passes skip_none; jsonargparse prefixes the
+# first with an "only one warning per type" preamble).
+ADVERTISEMENTS = (
+    "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger]",
+    "💡 Tip: For seamless cloud uploads and versioning, try installing [litmodels]",
+)
+ADVERTISING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+DEPENDENCY_WARNINGS = (  # (message regex, category) as warnings.filterwarnings takes them
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated, use `isinstance\(treespec, TreeSpec\)", FutureWarning),
+    (r"\s*skip_none parameter was deprecated in v4\.49\.0", DeprecationWarning),
+    (r"\s*``ArgumentParser\.add_instantiator`` was deprecated in v4\.49\.0", DeprecationWarning),
+    (r"\s*``instantiate_classes`` was deprecated in v4\.49\.0", DeprecationWarning),
+    (r"\s*By default only one JsonargparseDeprecationWarning per type is shown", DeprecationWarning),
+)
+
+
+class _AdvertisementFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(ADVERTISEMENTS)
+
+
+def quiet_dependencies() -> None:
+    """Silence :data:`ADVERTISEMENTS` and :data:`DEPENDENCY_WARNINGS`, and nothing else (idempotent)."""
+    for name in ADVERTISING_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _AdvertisementFilter) for f in logger.filters):
+            logger.addFilter(_AdvertisementFilter())
+    for message, category in DEPENDENCY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
+def version() -> str:
+    """attnzoo's installed version (``0.0.0+unknown`` in a source tree that was never installed)."""
+    try:
+        return metadata.version("attnzoo")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def _install_source() -> tuple[str, bool] | None:
+    """Where this attnzoo was installed from when that was not a package index: (pip target, editable).
+
+    A checkout (this file beside pyproject.toml: an editable install or PYTHONPATH) gives its folder; otherwise
+    pip's ``direct_url.json`` says: a local folder (``dir_info``), a local wheel or sdist that still exists
+    (``archive_info``), or a VCS URL (``vcs_info``). ``None``: from an index (or unknown).
+    """
+    here = Path(__file__).resolve().parent
+    if (here / "pyproject.toml").is_file() and (here / "zoo" / "__init__.py").is_file():
+        return str(here), True
+    for dist in metadata.distributions(name="attnzoo"):
+        try:
+            info = json.loads(dist.read_text("direct_url.json") or "null")
+        except ValueError:
+            info = None
+        if not isinstance(info, dict) or not isinstance(info.get("url"), str):
+            continue  # e.g. a stale .egg-info found first on sys.path
+        url = urlparse(info["url"])
+        if url.scheme == "file" and ("dir_info" in info or "archive_info" in info):
+            path = Path(unquote(url.path))
+            if path.exists():
+                return str(path), bool((info.get("dir_info") or {}).get("editable"))
+        elif "vcs_info" in info:
+            vcs = info["vcs_info"]
+            return f"{vcs.get('vcs', 'git')}+{info['url']}@{vcs.get('commit_id', '')}".rstrip("@"), False
+        return None
+    return None
+
+
+def install_hint(extra: str) -> str:
+    """The pip command that adds the ``[extra]`` of this attnzoo: from its checkout (``pip install -e '.[train]'``
+    there, the folder's path elsewhere), the folder, wheel or repository it was installed from, else the index."""
+    source = _install_source()
+    if source is None:
+        return f"pip install {shlex.quote(f'attnzoo[{extra}]')}"
+    target, editable = source
+    if "+" in target.split("/", 1)[0]:  # git+https://...: a direct reference
+        return f"pip install {shlex.quote(f'attnzoo[{extra}] @ {target}')}"
+    if Path(target) == Path.cwd().resolve():
+        target = "."
+    return "pip install " + ("-e " if editable else "") + shlex.quote(f"{target}[{extra}]")
+
+
+def missing_extra(extra: str, *packages: str) -> str | None:
+    """``None`` when every module of ``packages`` imports; else what is missing and the command that installs it."""
+    import importlib.util
+
+    missing = [name for name in packages if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return f"needs {', '.join(missing)} (the [{extra}] extra): {install_hint(extra)}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -360,6 +461,7 @@ def _add_viz(commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``attnzoo`` parser; importing neither torch, timm nor attnzoo."""
     parser = _Parser(prog="attnzoo", description="attnzoo: efficient-attention vision transformers registered in timm.")
+    parser.add_argument("--version", action="version", version=f"attnzoo {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     listing = commands.add_parser(
@@ -450,6 +552,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the reports record the exact command line
+    quiet_dependencies()
     from attnzoo.tools import cli
 
     try:
@@ -460,11 +563,17 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def train(argv: list[str] | None = None) -> None:
-    """The ``attnzoo-train`` command: Lightning's CLI, which is the ``[train]`` extra, not the core install."""
-    import importlib.util
+    """The ``attnzoo-train`` command: Lightning's CLI, which is the ``[train]`` extra, not the core install.
 
-    if importlib.util.find_spec("lightning") is None:
-        sys.exit("attnzoo-train: error: training needs the [train] extra: pip install 'attnzoo[train]'")
+    ``--version`` answers before Lightning is looked for or imported.
+    """
+    if (sys.argv[1:] if argv is None else list(argv)) == ["--version"]:
+        print(f"attnzoo-train {version()}")
+        return
+    missing = missing_extra("train", "lightning")
+    if missing is not None:
+        sys.exit(f"attnzoo-train: error: training {missing}")
+    quiet_dependencies()
     from attnzoo.train.cli import main as run
 
     try:

@@ -113,10 +113,14 @@ def test_core_install_runs_a_model_without_lightning(wheel, tmp_path):
     assert listing.returncode == 0 and listing.stdout.split() == ["nat_mini", "in1k"], listing.stderr[-3000:]
     training = subprocess.run([str(venv / "bin" / "attnzoo-train"), "--help"], capture_output=True, text=True)
     assert training.returncode == 1
-    assert (
+    assert (  # installed from a wheel file, not an index: the command adds the extra to that wheel
         training.stderr.strip()
-        == "attnzoo-train: error: training needs the [train] extra: pip install 'attnzoo[train]'"
+        == f"attnzoo-train: error: training needs lightning (the [train] extra): pip install '{wheel}[train]'"
     )
+    version = wheel.name.split("-")[1]
+    for script in ("attnzoo", "attnzoo-train"):  # --version needs neither Lightning nor torch
+        answer = subprocess.run([str(venv / "bin" / script), "--version"], capture_output=True, text=True)
+        assert answer.returncode == 0 and answer.stdout == f"{script} {version}\n", answer.stderr[-3000:]
 
 
 def _core_requirements(wheel: Path, tmp_path: Path) -> list[str]:

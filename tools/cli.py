@@ -22,6 +22,7 @@ import timm
 import torch
 
 from attnzoo._names import unknown_model_message
+from attnzoo_cli import missing_extra
 
 __all__ = ["main", "model_info", "run"]
 
@@ -378,6 +379,10 @@ def show_model_info(args: argparse.Namespace) -> None:
 def export(args: argparse.Namespace) -> None:
     from . import export as exporting
 
+    if args.onnx:  # before anything is written: without them torch.onnx fails deep inside, blaming the model
+        missing = missing_extra("onnx", *exporting.ONNX_PACKAGES)
+        if missing is not None:
+            args.parser.error(f"--onnx {missing}")
     try:
         out = exporting.export_checkpoint(
             args.checkpoint, args.out_dir, ema=args.ema, datasets=args.datasets, force=args.force

@@ -38,6 +38,9 @@ __all__ = [
     "export_onnx",
 ]
 
+# what torch.onnx.export(dynamo=True) and the ONNX Runtime check import: the [onnx] extra
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
+
 # |onnx - eager| <= ONNX_ATOL + ONNX_RTOL * |eager|, elementwise on the logits. Measured on the CPU in fp32 (2 cores,
 # onnxruntime 1.32, torch 2.14.1): the smallest variant of every family at its input size, random weights, batches of
 # 1 and 3, differs by at most 1.0e-6 (logits up to 1.7); 1e-4 leaves a 100x margin for other machines and trained
@@ -237,8 +240,14 @@ def export_onnx(
     the model's input size with a dynamic batch axis, output ``logits``. The architecture, class names and
     preprocessing are stored in the ONNX metadata (``metadata_props``). The file is then run in ONNX Runtime and
     compared with eager PyTorch (:func:`check_onnx`, tolerance ``atol``/``rtol``); a mismatch removes the file and
-    raises ``ValueError``. A model ``torch.export`` cannot trace raises ``RuntimeError`` naming the architecture.
+    raises ``ValueError``. A model ``torch.export`` cannot trace raises ``RuntimeError`` naming the architecture;
+    without the ``[onnx]`` extra's packages (:data:`ONNX_PACKAGES`) a ``RuntimeError`` names the missing ones.
     """
+    from attnzoo_cli import missing_extra
+
+    missing = missing_extra("onnx", *ONNX_PACKAGES)
+    if missing is not None:
+        raise RuntimeError(f"onnx: export_onnx {missing}")
     model_dir = Path(model_dir)
     model = _load_export(model_dir)
     onnx_path = Path(onnx_path) if onnx_path is not None else model_dir / "model.onnx"

@@ -274,7 +274,9 @@ def _pyplot_free():
         from matplotlib.figure import Figure
         from matplotlib.patches import Rectangle
     except ImportError:
-        raise VizError("needs matplotlib: pip install 'attnzoo[viz]'") from None
+        from attnzoo_cli import install_hint
+
+        raise VizError(f"needs matplotlib (the [viz] extra): {install_hint('viz')}") from None
     return Figure, Rectangle
 
 

@@ -1,5 +1,5 @@
-"""``python -m attnzoo.train`` is ``attnzoo-train``."""
+"""``python -m attnzoo.train`` is ``attnzoo-train`` (the same launcher: ``--version``, missing-extra hint, quiet)."""
 
-from attnzoo.train.cli import main
+from attnzoo_cli import train
 
-main()
+train()

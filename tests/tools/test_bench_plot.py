@@ -10,6 +10,7 @@ from PIL import Image, ImageStat
 
 from attnzoo.tools import cli
 from attnzoo.tools.bench import plot
+from attnzoo_cli import install_hint
 
 pytest.importorskip("matplotlib")
 
@@ -96,7 +97,7 @@ def test_out_must_be_a_png_file(tmp_path, capsys):
 def test_without_matplotlib_the_error_names_the_extra(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
     err = _one_line_error(capsys, [str(REPORTS["models"]), "--out", str(tmp_path / "x.png")])
-    assert "needs matplotlib: pip install 'attnzoo[viz]'" in err
+    assert f"needs matplotlib (the [viz] extra): {install_hint('viz')}" in err
 
 
 def test_series_follow_the_map_size_and_skip_unmeasured_memory(tmp_path):

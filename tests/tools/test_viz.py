@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from attnzoo import graft
 from attnzoo.tools import cli
 from attnzoo.tools import viz as drawing
+from attnzoo_cli import install_hint
 
 pytest.importorskip("matplotlib")
 
@@ -284,7 +285,7 @@ def test_out_is_never_overwritten_without_force(gradient, tmp_path, capsys):
 def test_without_matplotlib_the_error_names_the_extra(gradient, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
     err = _one_line_error(capsys, ["viz", "nat_mini", "--image", str(gradient), "--out", str(tmp_path / "x.png")])
-    assert "needs matplotlib: pip install 'attnzoo[viz]'" in err
+    assert f"needs matplotlib (the [viz] extra): {install_hint('viz')}" in err
 
 
 # --- every mixer: these pass once its recording has landed ------------------------------------------------------

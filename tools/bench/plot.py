@@ -255,7 +255,9 @@ def _figure_class():
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise PlotError("needs matplotlib: pip install 'attnzoo[viz]'") from None
+        from attnzoo_cli import install_hint
+
+        raise PlotError(f"needs matplotlib (the [viz] extra): {install_hint('viz')}") from None
     return Figure
 
 
