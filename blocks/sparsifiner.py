@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,30 @@ class SparsifinerRecord(AttentionRecord):
             share = (weights * ~on_patch).sum(-1).mean().item()
             title += f" ({'cls' if prefix == 1 else 'prefix'} {share:.2f})"
         return [QueryMap(title, grid, marker=(row, col))]
+
+
+def _autocast_state(device: torch.device) -> tuple[str, torch.dtype, bool]:
+    """The autocast setting in force for ``device``, to compute a deferred tensor as it would have been here."""
+    device_type = "cpu" if device.type == "meta" else device.type
+    return device_type, torch.get_autocast_dtype(device_type), torch.is_autocast_enabled(device_type)
+
+
+class SparsifinerAux(dict):
+    """A mixer's ``aux``: ``approx_attn``, ``basis_coef``, ``index``, and ``attn`` computed on first access.
+
+    ``attn`` is the dense (B, heads, N-P, N) softmax, the target of phase 1's reconstruction loss only: building
+    it in every forward that records aux (phase 2 records too, and never reads it) would cost an N x N matrix per
+    block for nothing. It is detached and computed from the forward's q and k, as if built in the forward.
+    """
+
+    target = None
+
+    def __missing__(self, key):
+        if key != "attn" or self.target is None:
+            raise KeyError(key)
+        self["attn"] = attn = self.target()
+        self.target = None  # drop the closure's q and k
+        return attn
 
 
 class SparsifinerMaskPredictor(nn.Module):
@@ -235,8 +260,9 @@ class SparsifinerAttention(RecordsAttention, nn.Module):
     ):
         """``(B, H, W, C)`` map, or ``(B, N, C)`` sequence with ``grid_size=(H, W)`` and ``num_prefix_tokens``.
 
-        With ``return_aux``: ``(out, aux)``, ``aux`` holding ``approx_attn``, the detached dense ``attn`` it
-        is trained to match, ``basis_coef`` and ``index`` (the kept keys) for the non-prefix queries.
+        With ``return_aux``: ``(out, aux)``, a :class:`SparsifinerAux` holding ``approx_attn``, the detached dense
+        ``attn`` it is trained to match (computed when first read), ``basis_coef`` and ``index`` (the kept keys)
+        for the non-prefix queries.
         """
         if x.dim() == 3 and grid_size is not None:
             _assert(
@@ -266,14 +292,17 @@ class SparsifinerAttention(RecordsAttention, nn.Module):
 
         aux = None
         index = None
-        if return_aux or not dense:
+        if return_aux:
             basis_coef, approx_attn = self.mask_predictor(q, k, prefix, recon)
             # Integer indices: no gradient reaches the predictor through the attention output.
             index = approx_attn.detach().topk(self.attn_budget, dim=-1, sorted=False).indices
-            if return_aux:
-                logits = (q[:, :, prefix:] @ k.transpose(-1, -2)) * self.scale
-                target = logits.softmax(dim=-1).detach()
-                aux = {"approx_attn": approx_attn, "attn": target, "basis_coef": basis_coef, "index": index}
+            aux = SparsifinerAux(approx_attn=approx_attn, basis_coef=basis_coef, index=index)
+            aux.target = partial(self._dense_target, q.detach(), k.detach(), prefix, _autocast_state(q.device))
+        elif not dense:
+            # only the integer top-k leaves the predictor: no autograd graph (nor saved tensors) for it
+            with torch.no_grad():
+                _, approx_attn = self.mask_predictor(q, k, prefix, recon)
+                index = approx_attn.topk(self.attn_budget, dim=-1, sorted=False).indices
 
         if dense:
             out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
@@ -292,6 +321,12 @@ class SparsifinerAttention(RecordsAttention, nn.Module):
             self._record(self._attention_record(q, k, v, index if not dense else None, prefix, grid))
         out = out.transpose(1, 2).reshape(batch, n_tokens, channels)
         return self.proj_drop(self.proj(out)), aux
+
+    def _dense_target(self, q, k, prefix: int, autocast: tuple[str, torch.dtype, bool]) -> torch.Tensor:
+        """The detached dense attention of the patch queries, which phase 1 trains the predictor to match."""
+        device_type, dtype, enabled = autocast
+        with torch.no_grad(), torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            return ((q[:, :, prefix:] @ k.transpose(-1, -2)) * self.scale).softmax(dim=-1)
 
     def _attention_record(self, q, k, v, index, prefix: int, grid) -> SparsifinerRecord:
         """The weights by explicit softmax (float32, float64 for float64 input); ``index=None``: dense."""

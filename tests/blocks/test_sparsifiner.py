@@ -277,3 +277,58 @@ def test_bad_inputs():
         module(torch.randn(2, 4, 4, DIM), grid_size=(2, 8))
     with pytest.raises(RuntimeError):  # a wrong channel count: the qkv projection refuses it
         module(torch.randn(2, 17, 8), grid_size=(4, 4), num_prefix_tokens=1)
+
+
+# --- what the forward builds and keeps (issue 27) --------------------------------------------------------------
+class SoftmaxWidths(torch.utils._python_dispatch.TorchDispatchMode):
+    """The row length of every softmax the forward runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.widths = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._softmax.default:
+            self.widths.append(args[0].shape[args[1]])
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_dense_target_is_built_only_when_read():
+    """Phase 2 records aux but never reads ``attn``: no dense N-wide softmax; phase 1 reads it and gets it."""
+    n = 1 + 6 * 6
+    module = make(n, keep_ratio=0.25).train()
+    x = torch.randn(2, n, DIM, dtype=torch.float64)
+    with SoftmaxWidths() as mode:
+        _, aux = module(x, grid_size=(6, 6), num_prefix_tokens=1, return_aux=True)
+    assert "attn" not in aux and n not in mode.widths  # the predictor's softmax is N_r wide, the cls row is SDPA
+    with SoftmaxWidths() as mode:
+        target = aux["attn"]
+    assert mode.widths == [n] and aux["attn"] is target and not target.requires_grad
+    q, k, _ = split_heads(module, x)
+    expected = torch.softmax(torch.einsum("bhid,bhjd->bhij", q[:, :, 1:], k) / math.sqrt(DIM // HEADS), -1)
+    torch.testing.assert_close(target, expected, rtol=0, atol=1e-12)
+    with pytest.raises(KeyError):
+        aux["missing"]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_backward_keeps_no_token_by_token_matrix_and_nothing_of_the_predictor(training):
+    """Without aux only the integer top-k leaves the predictor: autograd saves none of its tensors, and nothing
+    of size (B, heads, N, N) or (B, heads, N, K, head_dim) (the gathered copy of before)."""
+    n, prefix = 1 + 8 * 8, 1
+    module = make(n, dtype=torch.float32, keep_ratio=0.25).train(training)
+    x = torch.randn(2, n, DIM, requires_grad=True)
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x, grid_size=(8, 8), num_prefix_tokens=prefix)
+    token_matrix = 2 * HEADS * (n - prefix) * n
+    assert shapes and max(math.prod(s) for s in shapes) < token_matrix
+    reduced_n = module.mask_predictor.reduced_n
+    assert not any(s[-1] in (reduced_n, module.mask_predictor.reduced_c) for s in shapes if len(s) == 4)
+    out.sum().backward()
+    assert x.grad is not None and module.qkv.weight.grad is not None
