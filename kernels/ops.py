@@ -124,7 +124,8 @@ def gather_attention(
     """Attention in which each query sees only the keys it lists (QuadTree's fine levels, Sparsifiner's masks).
 
     ``out[b, h, i] = softmax_j(scale * q[b, h, i] . k[b, h, index[b, h, i, j]]) @ v[b, h, index[b, h, i, :]]``.
-    A repeated index counts as a repeated key. Memory is O(Nq * K * head_dim).
+    A repeated index counts as a repeated key. Backward keeps q, k, v, index, the output and the row
+    logsumexp, never gathered rows or probabilities (both backends recompute them).
 
     Args:
         q: ``(B, heads, Nq, head_dim)``.

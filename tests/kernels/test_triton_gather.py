@@ -209,3 +209,22 @@ def test_realistic_shapes_on_cuda(case, dtype):
     q, k, v, index = make_inputs(shape, dtype=dtype, device="cuda", index=index)
     tol = HALF_TOLERANCE[dtype]
     assert_matches_torch(q, k, v, index, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_backward_saves_q_k_v_index_out_and_logsumexp_only(backend, device):
+    """Both backends keep the same six tensors for backward: no gathered rows (Nq * K * d), scores or probabilities."""
+    q, k, v, index = make_inputs((2, 2, 40, 24, 16, 8, 12), device=device)
+    saved = []
+
+    def pack(t):
+        saved.append((tuple(t.shape), t.dtype))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = gather_attention(q, k, v, index, backend=backend)
+    expected = [tuple(t.shape) for t in (q, k, v, index, out)] + [(2, 2, 40)]
+    assert sorted(s for s, _ in saved) == sorted(expected)
+    assert dict(saved)[(2, 2, 40)] == torch.float32  # the logsumexp
+    out.sum().backward()
+    assert all(t.grad is not None for t in (q, k, v))
