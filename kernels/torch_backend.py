@@ -268,13 +268,24 @@ def _backward_chunks(q, k, v, index, out, lse, grad_out, scale: float, path: str
     )
 
 
+def _narrow_index(index, n_keys) -> torch.Tensor:
+    """The index in the narrowest integer type that holds ``[0, Nk)``, for backward: int64 is 4x the bytes of
+    int16, and at Sparsifiner's K = N/4 the int64 index alone would outweigh every other tensor kept."""
+    n_keys = _static(n_keys)
+    if n_keys is None:
+        return index
+    if n_keys <= torch.iinfo(torch.int16).max + 1:
+        return index.to(torch.int16)
+    return index.to(torch.int32) if n_keys <= torch.iinfo(torch.int32).max + 1 else index
+
+
 class _GatherAttentionTorch(torch.autograd.Function):
-    """Saves q, k, v, index, output and logsumexp; no gathered rows, probabilities or scores (recomputed)."""
+    """Saves q, k, v, index (narrowed), output and logsumexp; no gathered rows, probabilities or scores."""
 
     @staticmethod
     def forward(ctx, q, k, v, index, scale, path, chunk):
         out, lse = _forward_chunks(q, k, v, index, scale, path, chunk)
-        ctx.save_for_backward(q, k, v, index, out, lse)
+        ctx.save_for_backward(q, k, v, _narrow_index(index, k.shape[2]), out, lse)
         ctx.scale, ctx.path, ctx.chunk = scale, path, chunk
         return out
 
@@ -282,6 +293,7 @@ class _GatherAttentionTorch(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, index, out, lse = ctx.saved_tensors
+        index = index.long()
         grads = _backward_chunks(
             q, k, v, index, out, lse, grad_out, ctx.scale, ctx.path, ctx.chunk, ctx.needs_input_grad[:3]
         )

@@ -210,6 +210,7 @@ def test_torch_backward_saves_only_q_k_v_index_out_and_logsumexp(path):
     expected = [q.numel(), k.numel(), v.numel(), index.numel(), out.numel(), 2 * 2 * 48]
     assert sorted(n for n, _ in saved) == sorted(expected)
     assert max(n for n, dtype in saved if dtype.is_floating_point) < 2 * 2 * 48 * 40  # < one Nq x Nk score matrix
+    assert [dtype for _, dtype in saved if not dtype.is_floating_point] == [torch.int16]  # Nk = 40 fits in int16
     out.sum().backward()
     assert all(t.grad is not None for t in (q, k, v))
 
