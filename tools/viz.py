@@ -11,12 +11,18 @@ dilated one a dotted grid, a pooled map a coarse mosaic; a record's map covers t
 window-attention hosts that graft puts our mixers in restate their records so), hence the image. Figures are
 drawn on a plain :class:`matplotlib.figure.Figure` (Agg, no pyplot), so no display is needed and a notebook's
 backend is left alone.
+
+Each row is one mixer, labelled by its place and kind ("stage 2 · block 3 · neighbourhood (k=7, dilation 2)"),
+with one colour scale for its maps and a colour bar that shows it; the title says which weights drew the picture
+(a checkpoint, released weights, a file, or random initialisation, which also prints a warning). ``--out``'s
+suffix picks the format: PNG, SVG or PDF.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import sys
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +36,28 @@ from attnzoo.blocks.record import AttentionRecord, record_attention, recordable_
 
 from . import png
 
-__all__ = ["Panel", "VizError", "command", "load_model", "query_panels", "read_image", "select_mixers", "visualize"]
+__all__ = [
+    "FORMATS",
+    "Panel",
+    "VizError",
+    "command",
+    "describe_mixer",
+    "load_model",
+    "mixer_label",
+    "mixer_place",
+    "query_panels",
+    "read_image",
+    "render",
+    "select_mixers",
+    "visualize",
+    "weights_source",
+]
 
 DPI = 100
 PANEL_INCHES = 2.6
+FONT_PT = 8.0  # every label, title and tick of the figure; the title is larger
+FORMATS = png.FORMATS  # --out's suffix picks one
+UNTRAINED = "random initialisation (untrained: the maps show no learned attention)"
 SPACED_BLOCKS = 4  # a single-stage model (ViT) shows this many evenly spaced blocks by default
 _DATA_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
@@ -235,6 +259,67 @@ def select_mixers(names: list[str], layers: str | None = "last") -> list[str]:
     return chosen
 
 
+_STAGE_WORDS = {"stages", "stage", "layers", "layer", "levels"}
+_BLOCK_WORDS = {"blocks", "block"}
+
+
+def mixer_place(name: str) -> str:
+    """Where a mixer sits, in words, from its module name (numbers from 1): NAT/DiNAT, LITv2, PVTv2-style
+    ``stages.i.blocks.j...`` and timm Swin/FocalNet ``layers.i.blocks.j...`` -> "stage i+1 · block j+1"; ViT/DeiT
+    ``blocks.j...`` -> "block j+1"; other names -> their last word before a number and that number + 1."""
+    parts = name.split(".")
+    stage = block = None
+    for word, following in zip(parts[:-1], parts[1:], strict=True):
+        if following.isdigit():
+            if word in _STAGE_WORDS and stage is None:
+                stage = int(following)
+            elif word in _BLOCK_WORDS and block is None:
+                block = int(following)
+    if stage is None and block is None:
+        prefix, index = block_of(name)
+        words = [part for part in prefix.split(".") if part and not part.isdigit()]
+        return f"{words[-1] if words else 'mixer'} {index + 1}"
+    return " · ".join(
+        f"{word} {index + 1}" for word, index in (("stage", stage), ("block", block)) if index is not None
+    )
+
+
+def describe_mixer(module: nn.Module | None) -> str:
+    """The mixer's kind and its defining arguments, e.g. "neighbourhood (k=7, dilation 2)"."""
+    kind = type(module).__name__
+    get = lambda attribute, default=None: getattr(module, attribute, default)  # noqa: E731
+    if kind == "NeighborhoodAttention2D":
+        dilation = get("dilation", 1) or 1
+        return f"neighbourhood (k={get('kernel_size')}" + (f", dilation {dilation})" if dilation > 1 else ")")
+    if kind == "HiLo":
+        return f"HiLo (window {get('ws')}, alpha {get('alpha')})"
+    if kind == "QuadTreeAttention":
+        return f"QuadTree-{get('attn_type')} (top-{get('topk')})"
+    if kind == "SpatialWindowAttention":
+        return f"spatial window attention ({get('window_size')}x{get('window_size')})"
+    if kind == "ChannelGroupAttention":
+        return "channel group attention"
+    if kind == "AgentAttention":
+        return f"agent attention ({get('agent_num')} agents)"
+    if kind == "FocalModulation":
+        return f"focal modulation ({get('focal_level')} levels)"
+    if kind == "SparsifinerAttention":
+        return f"Sparsifiner (keeps {get('keep_ratio')} of the keys)"
+    return "mixer" if module is None else kind
+
+
+def mixer_label(name: str, module: nn.Module | None = None) -> str:
+    """A row's label: "stage 2 · block 3 · neighbourhood (k=7, dilation 2)" (no module path)."""
+    return f"{mixer_place(name)} · {describe_mixer(module)}" if module is not None else mixer_place(name)
+
+
+def colorbar_label(module: nn.Module | None) -> str:
+    """What a row's colour scale measures."""
+    if type(module).__name__ == "FocalModulation":
+        return "modulator norm, gate value"
+    return "attention weight (mean of heads)"
+
+
 @dataclass
 class Panel:
     """One map of one mixer for one query. ``values`` cover the whole input image (``over == "image"``) or are a
@@ -247,6 +332,8 @@ class Panel:
     over: str
     query: tuple[int, int]
     marker: tuple[float, float, float, float] | None = None
+    label: str = ""  # the row's label (:func:`mixer_label`); empty: made from ``module``
+    quantity: str = "attention weight (mean of heads)"  # the colour bar's label
 
 
 def query_panels(name: str, record: AttentionRecord, query: tuple[int, int], image_hw: tuple[int, int]) -> list[Panel]:
@@ -280,28 +367,47 @@ def _pyplot_free():
     return Figure, Rectangle
 
 
-def _draw_panel(ax, panel: Panel, shown, rectangle, fontsize: float) -> None:
+def _row_scale(row: list[Panel]) -> tuple[str, float, float]:
+    """``(colour map, low, high)`` shared by a row's maps: weights and magnitudes from 0 to their maximum, a signed
+    row (FocalNet's gates) symmetric around 0 on a diverging map. Zeros of image maps are cells not used: not
+    counted (they stay transparent)."""
     import numpy as np
 
+    shown = []
+    for panel in row:
+        values = panel.values.numpy()
+        used = np.isfinite(values) & ((values != 0) if panel.over == "image" else True)
+        shown.append(values[used].ravel())
+    values = np.concatenate(shown) if shown else np.zeros(0)
+    if values.size == 0:
+        return "inferno", 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    if low < 0:
+        bound = max(-low, high) or 1.0
+        return "coolwarm", -bound, bound
+    return "inferno", 0.0, high or 1.0
+
+
+def _draw_panel(ax, panel: Panel, shown, rectangle, scale: tuple[str, float, float]) -> None:
+    import numpy as np
+
+    cmap, low, high = scale
     ax.set_xticks([])
     ax.set_yticks([])
     if panel.over == "matrix":
-        ax.imshow(panel.values.numpy(), cmap="viridis", interpolation="nearest")
+        ax.imshow(panel.values.numpy(), cmap=cmap, vmin=low, vmax=high, interpolation="nearest")
         return
     image_h, image_w = shown.shape[:2]
     ax.imshow(shown, extent=(0, image_w, image_h, 0))
     values = panel.values.numpy()
     masked = np.ma.masked_where(~np.isfinite(values) | (values == 0), values)
     if masked.count():
-        low, high = float(masked.min()), float(masked.max())
-        bound = max(abs(low), abs(high)) or 1.0
-        signed = low < 0  # FocalNet's gates: a diverging map; weights and magnitudes start at zero
         ax.imshow(
             masked,
             extent=(0, image_w, image_h, 0),
-            cmap="coolwarm" if signed else "inferno",
-            vmin=-bound if signed else 0.0,
-            vmax=bound,
+            cmap=cmap,
+            vmin=low,
+            vmax=high,
             alpha=0.7,
             interpolation="nearest",
         )
@@ -310,9 +416,15 @@ def _draw_panel(ax, panel: Panel, shown, rectangle, fontsize: float) -> None:
         ax.add_patch(rectangle((left, top), right - left, bottom - top, fill=False, edgecolor="cyan", linewidth=1))
     y, x = panel.query
     for color, width in (("black", 3.0), ("white", 1.2)):  # a cross that shows on light and dark pixels
-        ax.plot([x + 0.5], [y + 0.5], marker="+", markersize=fontsize * 1.6, markeredgewidth=width, color=color)
+        ax.plot([x + 0.5], [y + 0.5], marker="+", markersize=FONT_PT * 1.6, markeredgewidth=width, color=color)
     ax.set_xlim(0, image_w)
     ax.set_ylim(image_h, 0)
+
+
+def _wrap(text: str, points: float, fontsize: float) -> str:
+    """``text`` wrapped to lines of about ``points`` typographic points at ``fontsize``."""
+    width = max(12, int(points / (fontsize * 0.55)))
+    return textwrap.fill(text, width, break_on_hyphens=False, break_long_words=False)  # paths stay whole
 
 
 def draw(
@@ -321,47 +433,69 @@ def draw(
     title: str,
     size_px: tuple[int, int] | None = None,
     grid: bool = False,
+    subtitle: str | None = None,
 ):
-    """A figure with one row per mixer: its maps (or, ``grid``, one query per column); exactly ``size_px`` if given."""
+    """A figure with one row per mixer: its maps (or, ``grid``, one query per column) on one colour scale, the
+    row's label above and its colour bar on the right; exactly ``size_px`` if given. ``subtitle`` (e.g. the
+    weights' source) is the title's second line. Text is at least ``FONT_PT`` (8 pt)."""
     figure_cls, rectangle = _pyplot_free()
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     columns = max(len(row) for row in rows)
     aspect = shown.shape[0] / shown.shape[1]
-    if size_px is None:
-        figsize = (columns * PANEL_INCHES, len(rows) * (PANEL_INCHES * aspect + 0.45) + 0.35)
+    if size_px is None:  # room for each row's heading, the maps' titles and the colour bars; two title lines
+        figsize = (columns * PANEL_INCHES + 1.1, len(rows) * (PANEL_INCHES * aspect + 0.75) + 0.7)
     else:
         figsize = (size_px[0] / DPI, size_px[1] / DPI)
     figure = figure_cls(figsize=figsize, dpi=DPI, layout="constrained")
-    figure.suptitle(textwrap.fill(title, max(16, int(figsize[0] * 72 / (9 * 0.6)))), fontsize=9)
-    fontsize = 6.5 if size_px is None else max(4.0, min(6.5, figsize[0] * 72 / columns / 30))
-    chars = max(12, int(figsize[0] * 72 / columns / (fontsize * 0.55)))
-    axes = figure.subplots(len(rows), columns, squeeze=False)
-    for i, row in enumerate(rows):
-        for j in range(columns):
-            ax = axes[i][j]
+    width_pt = figsize[0] * 72
+    heading = _wrap(title, width_pt, FONT_PT + 1)
+    if subtitle:
+        heading += "\n" + _wrap(subtitle, width_pt, FONT_PT + 1)
+    figure.suptitle(heading, fontsize=FONT_PT + 1)
+    column_pt = max(36.0, (width_pt - 70) / columns)
+    for i, (row, sub) in enumerate(zip(rows, figure.subfigures(len(rows), 1, squeeze=False)[:, 0], strict=True)):
+        scale = _row_scale(row)
+        label = row[0].label or mixer_label(row[0].module)
+        if grid:  # one map per mixer: its name goes with the row's label
+            label = f"{label}: {row[0].title}"
+        sub.suptitle(_wrap(label, width_pt - 40, FONT_PT), fontsize=FONT_PT, fontweight="bold")
+        axes = sub.subplots(1, columns, squeeze=False)[0]
+        for j, ax in enumerate(axes):
             if j >= len(row):
                 ax.set_axis_off()
                 continue
             panel = row[j]
-            _draw_panel(ax, panel, shown, rectangle, fontsize)
-            if grid:
-                if i == 0:
-                    ax.set_title(f"query {panel.query[0]},{panel.query[1]}", fontsize=fontsize + 1)
-                if j == 0:
-                    label = textwrap.fill(f"{panel.module} — {panel.title}", max(12, chars // 2))
-                    ax.set_ylabel(label, fontsize=fontsize)
-            else:
-                ax.set_title(textwrap.fill(f"{panel.module} — {panel.title}", chars), fontsize=fontsize)
+            _draw_panel(ax, panel, shown, rectangle, scale)
+            if not grid:
+                ax.set_title(_wrap(panel.title, column_pt, FONT_PT), fontsize=FONT_PT)
+            elif i == 0:
+                ax.set_title(f"query {panel.query[0]},{panel.query[1]}", fontsize=FONT_PT)
+        cmap, low, high = scale
+        bar = sub.colorbar(ScalarMappable(Normalize(low, high), cmap), ax=list(axes[: len(row)]), aspect=15)
+        bar.set_label(row[0].quantity, fontsize=FONT_PT)
+        bar.ax.tick_params(labelsize=FONT_PT)
     return figure
 
 
 def check_out(out: str | Path, force: bool) -> Path:
-    """``--out`` as a path the PNG may be written to (checked before the model is built)."""
-    return png.check_out(out, force, VizError, "attention.png")
+    """``--out`` as a path the figure may be written to: .png, .svg or .pdf, not an existing file unless ``force``
+    (checked before the model is built)."""
+    return png.check_out(out, force, VizError, "attention.png", formats=FORMATS)
 
 
-def write_png(figure, out: str | Path, force: bool = False) -> Path:
-    """The figure into ``out``, whole or not at all, never over an existing file without ``force``."""
-    return png.write_png(figure, out, force, DPI, VizError, "attention.png")
+def write_figure(figure, out: str | Path, force: bool = False) -> Path:
+    """The figure into ``out`` in the format of its suffix, whole or not at all, never over an existing file
+    without ``force``."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a --size-px too small for the layout: drawn as it fits
+        return png.write_figure(figure, out, force, DPI, VizError, "attention.png", FORMATS)
+
+
+write_png = write_figure  # the name before SVG and PDF
 
 
 # --- the whole picture -----------------------------------------------------------------------------------------
@@ -375,28 +509,21 @@ def default_queries(image_hw: tuple[int, int], grid: bool) -> list[tuple[int, in
     return [(height * (2 * i + 1) // 6, width * (2 * j + 1) // 6) for i in range(3) for j in range(3)]
 
 
-def visualize(
+def render(
     model: nn.Module,
     image,
-    out: str | Path,
     *,
     queries: list[tuple[int, int]] | None = None,
     grid: bool = False,
     layers: str | None = None,
     size: int | None = None,
     size_px: tuple[int, int] | None = None,
-    force: bool = False,
     device: torch.device | str | None = None,
     model_name: str | None = None,
     data_overrides: dict | None = None,
-) -> Path:
-    """Draw what ``model``'s mixers did for ``queries`` (``(Y, X)`` pixels of the model's input) on ``image``
-    (a path or a PIL image) into ``out``.
-
-    Without ``grid``: one row per mixer (``layers``: default each stage's last block), one column per map of
-    the first query. With ``grid``: one row per mixer (default all), one column per query, each mixer's main map.
-    """
-    out = check_out(out, force)
+    weights: str | None = None,
+):
+    """The figure :func:`visualize` writes (a :class:`matplotlib.figure.Figure`), not written anywhere."""
     name = model_name or getattr(model, "default_cfg", {}).get("architecture") or type(model).__name__
     model = with_recordable_mixers(model).eval()
     config = data_config(model, size, data_overrides)
@@ -418,12 +545,75 @@ def visualize(
     rows = []
     for module in chosen:
         if grid:
-            rows.append([query_panels(module, records[module], q, image_hw)[0] for q in queries])
+            row = [query_panels(module, records[module], q, image_hw)[0] for q in queries]
         else:
-            rows.append(query_panels(module, records[module], queries[0], image_hw))
+            row = query_panels(module, records[module], queries[0], image_hw)
+        try:
+            mixer = model.get_submodule(module)
+        except AttributeError:
+            mixer = None
+        for panel in row:
+            panel.label, panel.quantity = mixer_label(module, mixer), colorbar_label(mixer)
+        rows.append(row)
     where = f"{len(queries)} queries" if grid else f"query {queries[0][0]},{queries[0][1]}"
-    figure = draw(rows, shown, f"{name}: {image_hw[0]}x{image_hw[1]} input, {where}", size_px, grid)
-    return write_png(figure, out, force)
+    subtitle = f"weights: {weights}" if weights else None
+    return draw(rows, shown, f"{name}: {image_hw[0]}x{image_hw[1]} input, {where}", size_px, grid, subtitle)
+
+
+def visualize(
+    model: nn.Module,
+    image,
+    out: str | Path,
+    *,
+    queries: list[tuple[int, int]] | None = None,
+    grid: bool = False,
+    layers: str | None = None,
+    size: int | None = None,
+    size_px: tuple[int, int] | None = None,
+    force: bool = False,
+    device: torch.device | str | None = None,
+    model_name: str | None = None,
+    data_overrides: dict | None = None,
+    weights: str | None = None,
+) -> Path:
+    """Draw what ``model``'s mixers did for ``queries`` (``(Y, X)`` pixels of the model's input) on ``image``
+    (a path or a PIL image) into ``out`` (.png, .svg or .pdf, by its suffix).
+
+    Without ``grid``: one row per mixer (``layers``: default each stage's last block), one column per map of
+    the first query. With ``grid``: one row per mixer (default all), one column per query, each mixer's main map.
+    ``weights`` says where the weights came from (:func:`weights_source`); the title shows it.
+    """
+    out = check_out(out, force)
+    figure = render(
+        model,
+        image,
+        queries=queries,
+        grid=grid,
+        layers=layers,
+        size=size,
+        size_px=size_px,
+        device=device,
+        model_name=model_name,
+        data_overrides=data_overrides,
+        weights=weights,
+    )
+    return write_figure(figure, out, force)
+
+
+def weights_source(args: argparse.Namespace, model: nn.Module | None = None) -> str:
+    """Where ``attnzoo viz``'s weights came from, for the figure: "checkpoint PATH", "pretrained: NAME.TAG",
+    "weights file PATH" or :data:`UNTRAINED` (no --checkpoint, --pretrained or --pretrained-file)."""
+    if args.checkpoint is not None:
+        return f"checkpoint {args.checkpoint}" + (" (EMA weights)" if args.ema else "")
+    if args.pretrained_file is not None:
+        return f"weights file {args.pretrained_file}"
+    if args.pretrained:
+        name = str(args.model)
+        tag = getattr(model, "pretrained_cfg", {}).get("tag") if model is not None else None
+        if tag and "." not in name and ":" not in name:
+            name = f"{name}.{tag}"
+        return f"pretrained: {name}"
+    return UNTRAINED
 
 
 def command(args: argparse.Namespace, device: torch.device | None = None) -> Path:
@@ -442,11 +632,12 @@ def command(args: argparse.Namespace, device: torch.device | None = None) -> Pat
         pretrained_file=args.pretrained_file,
         model_kwargs=kwargs,
     )
+    weights = weights_source(args, model)
     size = args.size
     if size is None and isinstance(kwargs.get("img_size"), int):  # a ViT built for another size: feed it that size
         size = kwargs["img_size"]
     queries = [q for group in args.query or [] for q in group]
-    return visualize(
+    path = visualize(
         model,
         image,
         args.out,
@@ -459,4 +650,12 @@ def command(args: argparse.Namespace, device: torch.device | None = None) -> Pat
         device=device,
         model_name=name,
         data_overrides=overrides,
+        weights=weights,
     )
+    if weights == UNTRAINED:  # after the picture, so that an error stays the only line on stderr
+        print(
+            f"attnzoo viz: warning: {name} has random weights (no --checkpoint, --pretrained or --pretrained-file): "
+            "the picture shows no learned attention",
+            file=sys.stderr,
+        )
+    return path

@@ -1,8 +1,10 @@
-"""``attnzoo viz``: a PNG of the asked size with the maps on the image, on tiny models, and one-line errors."""
+"""``attnzoo viz``: a PNG (SVG, PDF) of the asked size with the maps on the image, a colour bar and a readable label
+per mixer row and the weights' source, on tiny models, and one-line errors."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import numpy as np
@@ -271,10 +273,12 @@ def test_out_is_never_overwritten_without_force(gradient, tmp_path, capsys):
     out = tmp_path / "sub" / "x.png"
     argv = ["viz", "nat_mini", "--image", str(gradient), "--out", str(out), "--size", "64", *_kwargs(TINY_NAT)]
     cli.main(argv)
+    capsys.readouterr()  # the untrained-weights warning
     before = out.read_bytes()
     assert f"--out: {out} exists; pass --force to overwrite it" in _one_line_error(capsys, [*argv, "--query", "0,0"])
     assert out.read_bytes() == before
     cli.main([*argv, "--query", "0,0", "--force"])
+    capsys.readouterr()
     assert out.read_bytes() != before
     assert "is a folder" in _one_line_error(capsys, [*argv[:5], str(tmp_path), *argv[6:]])
     figure = drawing.draw([[drawing.Panel("m", "t", torch.ones(2, 2), "matrix", (0, 0))]], np.zeros((8, 8, 3)), "t")
@@ -357,3 +361,127 @@ def test_every_family_is_drawn(gradient, tmp_path, name, kwargs):
     out = tmp_path / f"{name}-grid.png"
     cli.main([*argv, "--out", str(out), "--grid", "--query", "8,8;40,56"])
     _png(out, (600, 600))
+
+
+# --- readable figures: colour bars, labels, fonts, formats, the weights' source ----------------------------------
+
+_MODULE_PATH = re.compile(r"\b[A-Za-z_]\w*\.\d+\b")  # stages.0, blocks.3, layers.2: a module path's pieces
+
+
+def _texts(figure) -> list:
+    """Every non-empty text of the figure (titles, row headings, colour-bar labels and ticks)."""
+    from matplotlib.text import Text
+
+    return [t for t in figure.findobj(Text) if t.get_text().strip()]
+
+
+def _colorbars(figure) -> list:
+    return [ax for ax in figure.get_axes() if ax.get_label() == "<colorbar>"]
+
+
+def _row_headings(figure) -> list[str]:
+    return [sub._suptitle.get_text() for sub in figure.subfigs]
+
+
+@pytest.mark.parametrize("grid", [False, True])
+def test_each_mixer_row_has_a_colour_bar_a_readable_label_and_8pt_text(gradient, grid):
+    model = timm.create_model(
+        "dinat_mini", **{**TINY_DINAT, "depths": [1, 2, 1, 1], "dilations": [[2], [1, 2], [1], [1]]}
+    )
+    queries = [(5, 5), (40, 20)] if grid else None
+    figure = drawing.render(model, gradient, size=64, grid=grid, queries=queries, weights="checkpoint runs/x/best.ckpt")
+    rows = 5 if grid else 4  # --grid: every block; else each stage's last block
+    assert len(_colorbars(figure)) == rows
+    assert [bar.get_ylabel() for bar in _colorbars(figure)] == ["attention weight (mean of heads)"] * rows
+    headings = [heading.split(":")[0] for heading in _row_headings(figure)]
+    expected = ["stage 1 · block 1 · neighbourhood (k=3, dilation 2)"]
+    expected += ["stage 2 · block 1 · neighbourhood (k=3)"] if grid else []
+    expected += ["stage 2 · block 2 · neighbourhood (k=3, dilation 2)", "stage 3 · block 1 · neighbourhood (k=3)"]
+    assert headings == [*expected, "stage 4 · block 1 · neighbourhood (k=3)"]
+    texts = _texts(figure)
+    assert not [t.get_text() for t in texts if _MODULE_PATH.search(t.get_text()) or ".mixer" in t.get_text()]
+    assert min(t.get_fontsize() for t in texts) >= 8
+    assert "weights: checkpoint runs/x/best.ckpt" in figure._suptitle.get_text()
+
+
+def test_a_row_shares_one_colour_scale_signed_for_focalnet_gates(photo):
+    model = timm.models.focalnet.FocalNet(depths=(1, 1, 1, 1), embed_dim=16)
+    figure = drawing.render(model, photo, size=64)
+    bars = _colorbars(figure)
+    assert len(bars) == 4 and {bar.get_ylabel() for bar in bars} == {"modulator norm, gate value"}
+    assert _row_headings(figure)[0] == "stage 1 · block 1 · focal modulation (2 levels)"
+    for sub, bar in zip(figure.subfigs, bars, strict=True):
+        low, high = bar.get_ylim()
+        assert low == pytest.approx(-high)  # the gates are signed: one diverging scale around 0 for the row
+        images = [image for ax in sub.get_axes() if ax not in bars for image in ax.get_images()[1:]]
+        assert images and all(image.get_clim() == (low, high) for image in images)
+
+
+def test_mixer_labels_from_every_familys_module_names():
+    assert drawing.mixer_place("stages.2.blocks.0.mixer") == "stage 3 · block 1"  # NAT, DiNAT, LITv2, Agent-PVT
+    assert drawing.mixer_place("stages.1.blocks.0.attn.mixer") == "stage 2 · block 1"  # PVTv2 (QuadTree)
+    assert drawing.mixer_place("layers.2.blocks.4.attn.mixer") == "stage 3 · block 5"  # timm Swin (Agent-Swin)
+    assert drawing.mixer_place("layers.1.blocks.0.modulation.mixer") == "stage 2 · block 1"  # timm FocalNet
+    assert drawing.mixer_place("stages.0.blocks.1.0.attn.mixer") == "stage 1 · block 2"  # timm DaViT
+    assert drawing.mixer_place("blocks.5.attn.mixer") == "block 6"  # ViT/DeiT (Agent-DeiT, Sparsifiner)
+    assert drawing.mixer_place("features.3.mixer") == "features 4"
+    from attnzoo.blocks import create_mixer
+
+    assert drawing.describe_mixer(create_mixer("neighborhood", dim=16, num_heads=2, kernel_size=7)) == (
+        "neighbourhood (k=7)"
+    )
+    assert drawing.describe_mixer(create_mixer("hilo", dim=16, num_heads=2, alpha=0.5)) == "HiLo (window 2, alpha 0.5)"
+    assert drawing.describe_mixer(create_mixer("dual", dim=16, num_heads=2, attention="channel")) == (
+        "channel group attention"
+    )
+
+
+@pytest.mark.parametrize(("suffix", "magic"), [(".svg", b"<svg"), (".pdf", b"%PDF"), (".Svg", b"<svg")])
+def test_out_suffix_picks_png_svg_or_pdf(gradient, tmp_path, suffix, magic):
+    out = tmp_path / f"figure{suffix}"
+    cli.main(["viz", "nat_mini", "--image", str(gradient), "--out", str(out), "--size", "64", *_kwargs(TINY_NAT)])
+    data = out.read_bytes()
+    assert magic in data[:1024] and (suffix != ".pdf" or data.startswith(b"%PDF"))
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("name", ["figure.jpg", "figure", "figure.png.txt"])
+def test_another_out_suffix_is_a_one_line_error(gradient, tmp_path, capsys, name):
+    out = tmp_path / name
+    argv = ["viz", "nat_mini", "--image", str(gradient), "--out", str(out), "--size", "64", *_kwargs(TINY_NAT)]
+    err = _one_line_error(capsys, argv)
+    assert f"--out: {out} " in err and "give a .png, .svg or .pdf path" in err
+    assert not out.exists()
+
+
+def test_untrained_weights_are_a_warning_and_the_title_names_the_weights(gradient, tmp_path, capsys, monkeypatch):
+    drawn = []
+    write = drawing.write_figure
+
+    def keep(figure, out, force=False):
+        drawn.append(" ".join(figure._suptitle.get_text().split()))  # as one line: long paths wrap
+        return write(figure, out, force)
+
+    monkeypatch.setattr(drawing, "write_figure", keep)
+    argv = ["viz", "--image", str(gradient), "--size", "64"]
+    cli.main(["viz", "nat_mini", *argv[1:], "--out", str(tmp_path / "random.png"), *_kwargs(TINY_NAT)])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("attnzoo viz: warning: nat_mini has random weights")
+    assert "random initialisation (untrained" in drawn[-1]
+
+    model = timm.create_model("nat_mini", num_classes=3, **TINY_NAT)
+    checkpoint = tmp_path / "run.ckpt"
+    hparams = {"model": "nat_mini", "model_kwargs": TINY_NAT, "num_classes": 3}
+    torch.save(
+        {"hyper_parameters": hparams, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+        checkpoint,
+    )
+    cli.main([*argv, "--checkpoint", str(checkpoint), "--out", str(tmp_path / "trained.png")])
+    assert capsys.readouterr().err == ""
+    assert f"weights: checkpoint {checkpoint}" in drawn[-1] and "random" not in drawn[-1]
+    save_file(model.state_dict(), tmp_path / "model.safetensors")
+    cli.main(
+        ["viz", "nat_mini", *argv[1:], "--pretrained-file", str(tmp_path / "model.safetensors"), *_kwargs(TINY_NAT)]
+        + ["--out", str(tmp_path / "file.png")]
+    )
+    assert capsys.readouterr().err == "" and f"weights: weights file {tmp_path / 'model.safetensors'}" in drawn[-1]
