@@ -400,7 +400,7 @@ def _key_value(text: str) -> tuple[str, object]:
 def _add_viz(commands) -> None:
     viz = commands.add_parser(
         "viz",
-        help="draw, for a query pixel, what each stage's mixer attends to, over the image (a PNG; matplotlib)",
+        help="draw, for a query pixel, what each stage's mixer attends to, over the image (PNG/SVG/PDF; matplotlib)",
         description=(
             "Run MODEL once on IMAGE (preprocessed with the model's timm data config) with every attnzoo mixer "
             "recording, and draw, for the query pixel, each stage's mixer over the image as the model saw it: "
@@ -414,7 +414,9 @@ def _add_viz(commands) -> None:
         "model", nargs="?", default=None, metavar="MODEL", help="timm model name (optional with --checkpoint)"
     )
     viz.add_argument("--image", type=Path, required=True, metavar="PATH", help="image file (any format PIL reads)")
-    viz.add_argument("--out", type=Path, required=True, metavar="FIG.png", help="PNG to write")
+    viz.add_argument(
+        "--out", type=Path, required=True, metavar="FIG.png", help="figure to write: .png, .svg or .pdf (by the suffix)"
+    )
     viz.add_argument(
         "--query",
         type=_queries,
@@ -451,7 +453,11 @@ def _add_viz(commands) -> None:
         "--size", type=_positive_int, default=None, help="input side N (default: the data config's; img_size if given)"
     )
     viz.add_argument(
-        "--size-px", type=_size_px, default=None, metavar="WxH", help="exact PNG size (default: grows with the panels)"
+        "--size-px",
+        type=_size_px,
+        default=None,
+        metavar="WxH",
+        help="exact figure size in pixels (100 per inch in SVG/PDF; default: grows with the panels)",
     )
     _add_device(viz)
     viz.add_argument("--force", action="store_true", help="overwrite an existing --out file")
