@@ -518,6 +518,9 @@ _METRIC_NAMES = {
 }
 
 
+UNKNOWN_DATA = "unknown data module"  # a checkpoint without the data module's hyper-parameters
+
+
 def dataset_summary(data_hparams: Mapping[str, Any], datasets: Sequence[str] = ()) -> tuple[str, str]:
     """(the dataset's name, a markdown description of where the run read it, names escaped).
 
@@ -525,7 +528,7 @@ def dataset_summary(data_hparams: Mapping[str, Any], datasets: Sequence[str] = (
     module's root folder (the digits tree's when the run used its default root); the data module's class names only
     the reader."""
     class_path = str(data_hparams.get("_class_path") or "")
-    kind = class_path.rsplit(".", 1)[-1] or "unknown data module"
+    kind = class_path.rsplit(".", 1)[-1] or UNKNOWN_DATA
     root = data_hparams.get("root")
     folder = Path(str(root)).name if root else ("digits" if kind == "DigitsData" else None)
     name = str(datasets[0]) if datasets else (folder or kind)
@@ -636,7 +639,7 @@ def _input_text(facts: CardFacts) -> str | None:
 
 
 def _intended_use(facts: CardFacts) -> list[str]:
-    dataset = markdown_code(facts.dataset_name)
+    dataset = "the training data" if facts.dataset_name == UNKNOWN_DATA else markdown_code(facts.dataset_name)
     pixels = _input_text(facts)
     at = f" at {pixels} pixels" if pixels else ""
     scratch = facts.started_from.startswith("random initialisation")

@@ -243,6 +243,8 @@ def test_card_license_is_the_weights_license(tmp_path, pretrained, license):
     assert ("apache" in card.content.lower()) == pretrained
     assert "Zizheng Pan" in card.text and "arXiv:2205.13213" in card.text
     assert "Not recorded" in card.text and not card.data.eval_results  # no run folder, no ModelCheckpoint
+    assert "images like those of the training data into its 2 classes at 64x64" in card.text  # no data module
+    assert "| learning rate (peak)" not in card.text and "| drop path rate | the model's default |" in card.text
 
 
 def test_export_into_a_folder_with_files_needs_force(tmp_path, capsys):
