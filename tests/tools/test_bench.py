@@ -236,3 +236,25 @@ def test_gpu_check_script_refuses_a_machine_without_cuda(tmp_path):
     result = subprocess.run(["bash", str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "no CUDA device" in (tmp_path / "gpu-check.log").read_text()
+
+
+def test_bench_blocks_sets_the_sparse_mixers_against_the_attention_they_replace():
+    """Issue 27: Sparsifiner next to DeiT's attention, QuadTree next to PVTv2's, as ratios measured in one run."""
+    results = bench_blocks.blocks_suite(torch.device("cpu"), 0.001, 1, [(8, 16, 2)], ["sparsifiner", "quadtree"])
+    rows = {(r.case, r.mode): r for r in results}
+    labels = {"dense (SDPA)", "sparsifiner", "deit_attention", "quadtree", "pvtv2_attention"}
+    assert {case for case, _ in rows} == labels
+    for sparse, dense in bench_blocks.COUNTERPARTS.items():
+        for mode in ("forward (no grad)", "forward+backward"):
+            row, base = rows[sparse, mode], rows[dense, mode]
+            assert row.dense_case == dense and row.time_ratio == pytest.approx(row.median_ms / base.median_ms)
+            assert f"{row.time_ratio:.2f}x time" in row.implementation
+        row = rows[sparse, "forward+backward"]
+        assert row.saved_mib > 0 and f"{row.saved_ratio:.2f}x saved" in row.implementation
+    assert rows["pvtv2_attention", "forward+backward"].shape == "B=1 8x8 C=16 heads=2"
+
+
+def test_saved_mib_counts_each_storage_once():
+    x = torch.randn(256, 256, requires_grad=True)  # 256 KiB
+    assert bench_blocks.saved_mib(lambda: (x * x).sum()) == 0.25  # x saved twice by mul: one storage
+    assert bench_blocks.saved_mib(lambda: x.sum()) == 0.0
