@@ -458,8 +458,6 @@ def draw(
     for i, (row, sub) in enumerate(zip(rows, figure.subfigures(len(rows), 1, squeeze=False)[:, 0], strict=True)):
         scale = _row_scale(row)
         label = row[0].label or mixer_label(row[0].module)
-        if grid:  # one map per mixer: its name goes with the row's label
-            label = f"{label}: {row[0].title}"
         sub.suptitle(_wrap(label, width_pt - 40, FONT_PT), fontsize=FONT_PT, fontweight="bold")
         axes = sub.subplots(1, columns, squeeze=False)[0]
         for j, ax in enumerate(axes):
@@ -544,16 +542,19 @@ def render(
     chosen = select_mixers(list(records), layers or ("all" if grid else "last"))
     rows = []
     for module in chosen:
+        first = query_panels(module, records[module], queries[0], image_hw)
+        row = first
         if grid:
-            row = [query_panels(module, records[module], q, image_hw)[0] for q in queries]
-        else:
-            row = query_panels(module, records[module], queries[0], image_hw)
+            row = [first[0], *(query_panels(module, records[module], q, image_hw)[0] for q in queries[1:])]
         try:
             mixer = model.get_submodule(module)
         except AttributeError:
             mixer = None
+        label = mixer_label(module, mixer)
+        if grid and len(first) > 1:  # --grid draws a mixer's first map: say which, when it has several
+            label += f": {first[0].title}"
         for panel in row:
-            panel.label, panel.quantity = mixer_label(module, mixer), colorbar_label(mixer)
+            panel.label, panel.quantity = label, colorbar_label(mixer)
         rows.append(row)
     where = f"{len(queries)} queries" if grid else f"query {queries[0][0]},{queries[0][1]}"
     subtitle = f"weights: {weights}" if weights else None

@@ -415,6 +415,8 @@ def test_a_row_shares_one_colour_scale_signed_for_focalnet_gates(photo):
         assert low == pytest.approx(-high)  # the gates are signed: one diverging scale around 0 for the row
         images = [image for ax in sub.get_axes() if ax not in bars for image in ax.get_images()[1:]]
         assert images and all(image.get_clim() == (low, high) for image in images)
+    grid = drawing.render(model, photo, size=64, grid=True, queries=[(5, 5), (30, 40)])
+    assert _row_headings(grid)[0] == "stage 1 · block 1 · focal modulation (2 levels): modulator |h(z)| per pixel"
 
 
 def test_mixer_labels_from_every_familys_module_names():
