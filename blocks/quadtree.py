@@ -273,11 +273,13 @@ class QuadTreeAttention(RecordsAttention, nn.Module):
             else:
                 parents = _children_of(selected, width // 2)  # (B, h, N_parent, 4K)
                 n_cand = parents.shape[-1]
-                per_query = _ungroup_children(parents[:, :, :, None, :].expand(-1, -1, -1, 4, -1), height, width)
-                message = gather_attention(q, k, v, per_query, scale=self.scale)
+                # the 4 children of a parent share its candidates: one index row per parent, queries in child order
+                q_children = _group_children(q, height, width)  # (B, h, Np, 4, d)
+                grouped = gather_attention(q_children.flatten(2, 3), k, v, parents, scale=self.scale, group=4)
+                message = _ungroup_children(grouped.unflatten(2, (-1, 4)), height, width)
                 if level > 0:
-                    # the 4 children of a parent share its candidates: score them with one gather per parent
-                    q_grouped = _group_children(q.detach(), height, width)  # (B, h, Np, 4, d)
+                    # score the candidates with one gather per parent too
+                    q_grouped = q_children.detach()  # (B, h, Np, 4, d)
                     k_cand = k.detach().gather(2, parents.flatten(2)[..., None].expand(-1, -1, -1, self.head_dim))
                     k_cand = k_cand.view(*parents.shape, self.head_dim)  # (B, h, Np, 4K, d)
                     probs = ((q_grouped @ k_cand.transpose(-1, -2)) * self.scale).softmax(dim=-1)
@@ -286,7 +288,8 @@ class QuadTreeAttention(RecordsAttention, nn.Module):
                     selected = _ungroup_children(chosen, height, width)
             lepe = self.py_att.get_vs[i](values[level].permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
             if recorded is not None:
-                candidates = None if i == 0 else per_query
+                per_query = None if i == 0 else parents[:, :, :, None, :].expand(-1, -1, -1, 4, -1)
+                candidates = None if i == 0 else _ungroup_children(per_query, height, width)
                 attn = self._candidate_weights(q, k, candidates)
                 recorded.append(QuadTreeLevel((height, width), attn, candidates, v.detach(), lepe.detach()))
             term = (self._merge_heads(message, height, width) + lepe) * weight[i]

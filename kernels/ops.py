@@ -120,6 +120,7 @@ def gather_attention(
     index: torch.Tensor,
     scale: float | None = None,
     backend: str = "auto",
+    group: int = 1,
 ) -> torch.Tensor:
     """Attention in which each query sees only the keys it lists (QuadTree's fine levels, Sparsifiner's masks).
 
@@ -130,8 +131,10 @@ def gather_attention(
     Args:
         q: ``(B, heads, Nq, head_dim)``.
         k, v: ``(B, heads, Nk, head_dim)`` (``v`` may have its own last dimension).
-        index: ``(B, heads, Nq, K)`` int64 key positions in ``[0, Nk)``, K >= 1.
+        index: ``(B, heads, Nq / group, K)`` int64 key positions in ``[0, Nk)``, K >= 1.
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` (see :func:`use_backend`).
+        group: consecutive queries that share one index row (QuadTree's 4 children of a parent): the torch
+            backend gathers each row's keys once for the group; ``index.repeat_interleave(group, 2)`` is the same.
 
     Returns:
         ``(B, heads, Nq, v.shape[-1])``.
@@ -150,11 +153,16 @@ def gather_attention(
         raise TypeError(f"index must have dtype torch.int64, got {index.dtype}")
     if index.device != q.device:
         raise ValueError(f"index is on {index.device} but q is on {q.device}; they must be on one device")
-    if index.shape[:3] != q.shape[:3] or index.shape[3] < 1:
-        raise ValueError(
-            f"index must have shape (B, heads, Nq, K>=1) = {tuple(q.shape[:3])} + (K,), got {tuple(index.shape)}"
-        )
+    group = check_positive_int("group", group)
+    rows = q.shape[2] // group
+    if index.shape[:2] != q.shape[:2] or index.shape[2] * group != q.shape[2] or index.shape[3] < 1:
+        layout = "(B, heads, Nq, K>=1)" if group == 1 else f"(B, heads, Nq / group, K>=1) with group={group}"
+        raise ValueError(f"index must have shape {layout} = {(*q.shape[:2], rows)} + (K,), got {tuple(index.shape)}")
     check_index_range(index, k.shape[2])
     scale = check_scale(scale, q.shape[-1])
     impl = resolve("gather_attention", backend, q.device, q=q, k=k, v=v, index=index)
+    if getattr(impl, "groups_queries", False):
+        return impl(q, k, v, index, scale, group=group)
+    if group > 1:  # a backend without groups reads one row per query
+        index = index.repeat_interleave(group, dim=2)
     return impl(q, k, v, index, scale)

@@ -135,9 +135,9 @@ def na2d_torch(q, k, v, kernel_size: int, dilation: int, rpb, scale: float, attn
 DENSE_KEYS_PER_LISTED = 32
 """Cost rule of :func:`gather_attention_torch`: dense scores when ``Nk <= DENSE_KEYS_PER_LISTED * K``, else gather.
 
-The gather path copies ``K * (d + dv)`` elements per query into memory-bound batched matrix-vector products;
-the dense path spends ``Nk * (d + dv)`` multiply-adds in GEMMs, which on the CPU (fp32, 2 threads, forward and
-backward at head dim 64) cost about 1/32 to 1/47 of a gathered slot each: 4x faster at Nk = 6 K, 1.3x at
+The gather path copies ``K * (d + dv)`` elements per index row into memory-bound small matrix products; the
+dense path spends ``Nk * (d + dv)`` multiply-adds per query in GEMMs, which on the CPU (fp32, 2 threads, forward
+and backward at head dim 64) cost about 1/32 to 1/47 of a gathered slot each: 4x faster at Nk = 6 K, 1.3x at
 24.5 K, 2x slower at 98 K.
 """
 
@@ -150,27 +150,18 @@ def _static(size) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def _plan(q, k, v, index, path: str | None) -> tuple[str, int]:
-    """``(path, queries per chunk)`` for one call: the cost rule unless ``path`` forces one."""
-    batch, heads, n_queries, listed = index.shape
+def _plan(q, k, v, index, path: str | None, group: int = 1) -> tuple[str, int]:
+    """``(path, index rows per chunk)`` for one call: the cost rule unless ``path`` forces one."""
+    batch, heads, rows, listed = index.shape
     n_keys, head_dim, head_dim_v = k.shape[2], q.shape[-1], v.shape[-1]
     if path is None:
         path = "dense" if n_keys <= DENSE_KEYS_PER_LISTED * listed else "gather"
-    per_query = n_keys if path == "dense" else listed * max(head_dim, head_dim_v)
-    sizes = [_static(s) for s in (batch, heads, n_queries, per_query)]
+    per_row = group * n_keys if path == "dense" else listed * max(head_dim, head_dim_v, group)
+    sizes = [_static(s) for s in (batch, heads, rows, per_row)]
     if None in sizes:  # symbolic shapes: one chunk, so that the traced graph holds no shape-dependent loop
-        return path, n_queries
-    batch, heads, n_queries, per_query = sizes
-    return path, max(1, min(n_queries, CHUNK_ELEMENTS // max(1, batch * heads * per_query)))
-
-
-def _chunk_logits(q_c, k, index_c, scale: float, path: str, k_rows=None):
-    """Scaled logits ``(B, h, c, K)`` of a query chunk in the softmax dtype; gathers ``k`` rows on the gather path."""
-    if path == "dense":
-        logits = (q_c @ k.transpose(-1, -2)).gather(-1, index_c)  # (B, h, c, Nk) -> the listed entries
-    else:
-        logits = (q_c.unsqueeze(-2) @ k_rows.transpose(-1, -2)).squeeze(-2)
-    return logits.to(_softmax_dtype(q_c.dtype)) * scale
+        return path, rows
+    batch, heads, rows, per_row = sizes
+    return path, max(1, min(rows, CHUNK_ELEMENTS // max(1, batch * heads * per_row)))
 
 
 def _flat_rows(index_c, n_keys: int):
@@ -180,86 +171,108 @@ def _flat_rows(index_c, n_keys: int):
     return (index_c + offset).flatten()
 
 
-def _rows(t, flat):
-    """``t``'s listed rows as ``(B * h * c * K, dim)``: the gather path's per-chunk copy, never saved.
+def _rows(t, flat, index_c):
+    """``t``'s listed rows as ``(B, h, c, K, dim)``: the gather path's per-chunk copy, never saved.
 
     ``index_select`` on the flattened rows, not ``gather`` with an expanded index: a row copy, several times faster.
     """
-    return t.reshape(-1, t.shape[-1]).index_select(0, flat)
+    return t.reshape(-1, t.shape[-1]).index_select(0, flat).view(*index_c.shape, t.shape[-1])
 
 
-def _spread(weights, index_c, n_keys: int):
+def _per_query(index_c, group: int):
+    """``(B, h, c, K)`` rows -> ``(B, h, c * group, K)``, one row per query (the dense path indexes per query)."""
+    if group == 1:
+        return index_c
+    batch, heads, rows, listed = index_c.shape
+    return index_c.unsqueeze(3).expand(-1, -1, -1, group, -1).reshape(batch, heads, rows * group, listed)
+
+
+def _spread(weights, index_q, n_keys: int):
     """``(B, h, c, K)`` slot weights -> ``(B, h, c, Nk)`` per key; repeated slots of one key add up."""
     dense = weights.new_zeros(*weights.shape[:-1], n_keys)
-    return dense.scatter_add_(-1, index_c, weights)
+    return dense.scatter_add_(-1, index_q, weights)
 
 
-def _forward_chunks(q, k, v, index, scale: float, path: str, chunk: int):
+def _grouped(t, group: int):
+    """``(B, h, c * group, X)`` -> ``(B, h, c, group, X)``."""
+    return t.view(*t.shape[:2], t.shape[2] // group, group, t.shape[-1])
+
+
+def _logits(q_c, k, index_c, scale: float, path: str, group: int, k_rows=None):
+    """Scaled logits in the softmax dtype: dense path ``(B, h, c * G, K)``, gather path ``(B, h, c, G, K)``."""
+    if path == "dense":
+        logits = (q_c @ k.transpose(-1, -2)).gather(-1, _per_query(index_c, group))  # scores -> the listed ones
+    else:
+        logits = _grouped(q_c, group) @ k_rows.transpose(-1, -2)  # the group's queries share the gathered rows
+    return logits.to(_softmax_dtype(q_c.dtype)) * scale
+
+
+def _forward_chunks(q, k, v, index, scale: float, path: str, chunk: int, group: int = 1):
     """Output ``(B, h, Nq, dv)`` and row logsumexp ``(B, h, Nq)`` (softmax dtype), chunk by chunk."""
-    n_keys, n_queries = k.shape[2], q.shape[2]
+    n_keys, rows = k.shape[2], index.shape[2]
     outs, lses = [], []
-    for start in range(0, n_queries, chunk):
-        q_c, index_c = q[:, :, start : start + chunk], index[:, :, start : start + chunk]
+    for start in range(0, rows, chunk):
+        index_c, q_c = index[:, :, start : start + chunk], q[:, :, start * group : (start + chunk) * group]
         k_rows = v_rows = None
         if path == "gather":
             flat = _flat_rows(index_c, n_keys)
-            k_rows, v_rows = (_rows(t, flat).view(*index_c.shape, t.shape[-1]) for t in (k, v))
-        logits = _chunk_logits(q_c, k, index_c, scale, path, k_rows)
+            k_rows, v_rows = _rows(k, flat, index_c), _rows(v, flat, index_c)
+        logits = _logits(q_c, k, index_c, scale, path, group, k_rows)
         lse = logits.logsumexp(dim=-1)
         p = (logits - lse.unsqueeze(-1)).exp().to(v.dtype)
         if path == "dense":
-            outs.append(_spread(p, index_c, n_keys) @ v)
+            outs.append(_spread(p, _per_query(index_c, group), n_keys) @ v)
         else:
-            outs.append((p.unsqueeze(-2) @ v_rows).squeeze(-2))
-        lses.append(lse)
+            outs.append((p @ v_rows).flatten(2, 3))
+        lses.append(lse.flatten(2))
     if not outs:  # no queries
         shape = (*q.shape[:3],)
         return q.new_empty(*shape, v.shape[-1], dtype=v.dtype), q.new_empty(shape, dtype=_softmax_dtype(q.dtype))
     return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
 
 
-def _backward_chunks(q, k, v, index, out, lse, grad_out, scale: float, path: str, chunk: int, needs):
-    """``(dq, dk, dv)`` recomputed per query chunk from the saved tensors (FlashAttention's backward).
+def _backward_chunks(q, k, v, index, out, lse, grad_out, scale: float, path: str, chunk: int, needs, group: int = 1):
+    """``(dq, dk, dv)`` recomputed per chunk from the saved tensors (FlashAttention's backward).
 
     ``dS = P * (dP - delta)`` with ``delta = rowsum(dO * O)``; dk and dv accumulate in the softmax dtype.
     """
-    n_keys, n_queries = k.shape[2], q.shape[2]
+    n_keys, rows = k.shape[2], index.shape[2]
     acc = _softmax_dtype(q.dtype)
     grad_q = torch.zeros_like(q, memory_format=torch.contiguous_format) if needs[0] else None
     grad_k = torch.zeros(k.shape, dtype=acc, device=k.device) if needs[1] else None
     grad_v = torch.zeros(v.shape, dtype=acc, device=v.device) if needs[2] else None
-    for start in range(0, n_queries, chunk):
-        stop = start + chunk
-        q_c, index_c, do_c = q[:, :, start:stop], index[:, :, start:stop], grad_out[:, :, start:stop]
-        k_rows = v_rows = None
-        if path == "gather":
-            flat = _flat_rows(index_c, n_keys)
-            k_rows, v_rows = (_rows(t, flat).view(*index_c.shape, t.shape[-1]) for t in (k, v))
-        logits = _chunk_logits(q_c, k, index_c, scale, path, k_rows)
-        p = (logits - lse[:, :, start:stop].unsqueeze(-1)).exp()  # (B, h, c, K)
-        delta = (do_c.to(acc) * out[:, :, start:stop].to(acc)).sum(-1, keepdim=True)
+    for start in range(0, rows, chunk):
+        queries = slice(start * group, (start + chunk) * group)
+        index_c, q_c, do_c = index[:, :, start : start + chunk], q[:, :, queries], grad_out[:, :, queries]
+        delta = (do_c.to(acc) * out[:, :, queries].to(acc)).sum(-1, keepdim=True)  # (B, h, c * G, 1)
         if path == "dense":
-            grad_p = (do_c @ v.transpose(-1, -2)).gather(-1, index_c).to(acc)
-        else:
-            grad_p = (v_rows @ do_c.unsqueeze(-1)).squeeze(-1).to(acc)
-        grad_s = (p * (grad_p - delta) * scale).to(q.dtype)  # d loss / d (q . k), scale folded in
-        p = p.to(v.dtype)
-        if path == "dense":
-            weights, grad_logits = _spread(p, index_c, n_keys), _spread(grad_s, index_c, n_keys)
+            index_q = _per_query(index_c, group)
+            p = (_logits(q_c, k, index_c, scale, path, group) - lse[:, :, queries].unsqueeze(-1)).exp()
+            grad_p = (do_c @ v.transpose(-1, -2)).gather(-1, index_q).to(acc)
+            grad_s = (p * (grad_p - delta) * scale).to(q.dtype)  # d loss / d (q . k), scale folded in
+            weights, grad_logits = _spread(p.to(v.dtype), index_q, n_keys), _spread(grad_s, index_q, n_keys)
             if grad_q is not None:
-                grad_q[:, :, start:stop] = grad_logits @ k
+                grad_q[:, :, queries] = grad_logits @ k
             if grad_k is not None:
                 grad_k += grad_logits.transpose(-1, -2) @ q_c
             if grad_v is not None:
                 grad_v += weights.transpose(-1, -2) @ do_c
             continue
+        flat = _flat_rows(index_c, n_keys)
+        k_rows, v_rows = _rows(k, flat, index_c), _rows(v, flat, index_c)  # (B, h, c, K, d)
+        lse_c = _grouped(lse[:, :, queries].unsqueeze(-1), group)  # (B, h, c, G, 1)
+        p = (_logits(q_c, k, index_c, scale, path, group, k_rows) - lse_c).exp()  # (B, h, c, G, K)
+        do_g = _grouped(do_c, group)
+        grad_p = (do_g @ v_rows.transpose(-1, -2)).to(acc)
+        grad_s = (p * (grad_p - _grouped(delta, group)) * scale).to(q.dtype)
         if grad_q is not None:
-            grad_q[:, :, start:stop] = (grad_s.unsqueeze(-2) @ k_rows).squeeze(-2)
-        if grad_k is not None:  # a key listed by many queries (or twice by one) collects every contribution
-            contrib = grad_s.unsqueeze(-1) * q_c.unsqueeze(-2)  # (B, h, c, K, d)
+            grad_q[:, :, queries] = (grad_s @ k_rows).flatten(2, 3)
+        # a key listed by many rows (or twice by one) collects every contribution
+        if grad_k is not None:
+            contrib = grad_s.transpose(-1, -2) @ _grouped(q_c, group)  # (B, h, c, K, d)
             grad_k.view(-1, k.shape[-1]).index_add_(0, flat, contrib.reshape(flat.shape[0], -1).to(acc))
         if grad_v is not None:
-            contrib = p.unsqueeze(-1) * do_c.unsqueeze(-2)
+            contrib = p.to(v.dtype).transpose(-1, -2) @ do_g
             grad_v.view(-1, v.shape[-1]).index_add_(0, flat, contrib.reshape(flat.shape[0], -1).to(acc))
     return (
         grad_q,
@@ -283,36 +296,39 @@ class _GatherAttentionTorch(torch.autograd.Function):
     """Saves q, k, v, index (narrowed), output and logsumexp; no gathered rows, probabilities or scores."""
 
     @staticmethod
-    def forward(ctx, q, k, v, index, scale, path, chunk):
-        out, lse = _forward_chunks(q, k, v, index, scale, path, chunk)
+    def forward(ctx, q, k, v, index, scale, path, chunk, group):
+        out, lse = _forward_chunks(q, k, v, index, scale, path, chunk, group)
         ctx.save_for_backward(q, k, v, _narrow_index(index, k.shape[2]), out, lse)
-        ctx.scale, ctx.path, ctx.chunk = scale, path, chunk
+        ctx.scale, ctx.path, ctx.chunk, ctx.group = scale, path, chunk, group
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         q, k, v, index, out, lse = ctx.saved_tensors
-        index = index.long()
+        needs = ctx.needs_input_grad[:3]
         grads = _backward_chunks(
-            q, k, v, index, out, lse, grad_out, ctx.scale, ctx.path, ctx.chunk, ctx.needs_input_grad[:3]
+            q, k, v, index.long(), out, lse, grad_out, ctx.scale, ctx.path, ctx.chunk, needs, ctx.group
         )
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
-def gather_attention_torch(q, k, v, index, scale: float, path: str | None = None) -> torch.Tensor:
-    """Attention of each query over the keys ``index`` lists, in query chunks of bounded memory.
+def gather_attention_torch(q, k, v, index, scale: float, path: str | None = None, group: int = 1) -> torch.Tensor:
+    """Attention of each query over the keys ``index`` lists, in chunks of bounded memory.
 
     Per call the cost rule (:data:`DENSE_KEYS_PER_LISTED`) picks ``"dense"`` (a chunk's scores ``q k^T`` as a
     GEMM, the listed entries taken with ``gather``, the weights scattered back over the keys and multiplied
-    with ``v``) or ``"gather"`` (each query's listed k/v rows copied); ``path`` forces one. Repeated
-    indices are separate slots, each with its own softmax weight. Backward recomputes from q, k, v, index,
-    output and logsumexp, so nothing of size ``Nq * K * d`` or ``Nq * Nk`` outlives a chunk.
+    with ``v``) or ``"gather"`` (each index row's k/v rows copied once for its ``group`` queries); ``path`` forces
+    one. Repeated indices are separate slots, each with its own softmax weight. Backward recomputes from q, k, v,
+    index, output and logsumexp, so nothing of size ``Nq * K * d`` or ``Nq * Nk`` outlives a chunk.
     """
-    path, chunk = _plan(q, k, v, index, path)
+    path, chunk = _plan(q, k, v, index, path, group)
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
-        return _forward_chunks(q, k, v, index, scale, path, chunk)[0]
-    return _GatherAttentionTorch.apply(q, k, v, index, scale, path, chunk)
+        return _forward_chunks(q, k, v, index, scale, path, chunk, group)[0]
+    return _GatherAttentionTorch.apply(q, k, v, index, scale, path, chunk, group)
+
+
+gather_attention_torch.groups_queries = True  # ops.gather_attention hands it ``group``; other backends get rows
 
 
 def na2d_attention_weights(

@@ -255,3 +255,38 @@ def test_half_precision_dense_path_normalises_in_float32():
     got = torch_backend.gather_attention_torch(q.bfloat16(), k.bfloat16(), v.bfloat16(), index, 0.35, "dense")
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.double(), gathered_reference(q, k, v, index, 0.35), atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("path", ["dense", "gather"])
+@pytest.mark.parametrize("group", [2, 4])
+def test_groups_of_queries_sharing_a_row_equal_one_row_per_query(path, group, monkeypatch):
+    """``group`` consecutive queries read one index row: the same as that row repeated per query, in chunks."""
+    rows, n_keys, listed = 7, 15, 6
+    q, k, v, _ = inputs(2, 2, rows * group, n_keys, 8, 1, seed=group)
+    index = index_pattern("repeats", 2, 2, rows, n_keys, listed, torch.Generator().manual_seed(1))
+    per_row = 2 * 2 * (group * n_keys if path == "dense" else listed * v.shape[-1])
+    monkeypatch.setattr(torch_backend, "CHUNK_ELEMENTS", 3 * per_row)  # chunks of 3 rows, the last partial
+    assert torch_backend._plan(q, k, v, index, path, group)[1] == 3
+    grad_out = torch.randn(2, 2, rows * group, v.shape[-1], generator=torch.Generator().manual_seed(2), dtype=q.dtype)
+    got = grads_of(torch_backend.gather_attention_torch, q, k, v, index, grad_out, scale=0.4, path=path, group=group)
+    expected = grads_of(gathered_reference, q, k, v, index.repeat_interleave(group, 2), grad_out, scale=0.4)
+    for what, a, b in zip(("out", "dq", "dk", "dv"), got, expected, strict=True):
+        torch.testing.assert_close(a, b, msg=lambda m, what=what: f"{what}: {m}")
+    with_group = gather_attention(q, k, v, index, scale=0.4, group=group)
+    torch.testing.assert_close(with_group, expected[0])
+
+
+def test_gradcheck_with_groups():
+    q, k, v, _ = inputs(1, 2, 6, 5, 3, 1, seed=5, grad=True)
+    index = torch.randint(0, 5, (1, 2, 3, 4), generator=torch.Generator().manual_seed(0))
+    for path in ("dense", "gather"):
+        fn = lambda *t, path=path: torch_backend.gather_attention_torch(*t, index, 0.8, path, 2)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_group_must_divide_the_queries():
+    q, k, v, index = inputs(1, 2, 6, 5, 3, 2)
+    with pytest.raises(ValueError, match=r"Nq / group, K>=1\) with group=4 = \(1, 2, 1\) \+ \(K,\)"):
+        gather_attention(q, k, v, index[:, :, :1], group=4)
+    with pytest.raises(ValueError, match="group must be >= 1"):
+        gather_attention(q, k, v, index, group=0)

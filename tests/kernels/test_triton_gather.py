@@ -228,3 +228,19 @@ def test_backward_saves_q_k_v_index_out_and_logsumexp_only(backend, device):
     assert dict(saved)[(2, 2, 40)] == torch.float32  # the logsumexp
     out.sum().backward()
     assert all(t.grad is not None for t in (q, k, v))
+
+
+def test_groups_of_queries_read_their_shared_row(device):
+    """``group=4``: the Triton kernels get the row repeated per query and agree with the torch backend's groups."""
+    q, k, v, _ = make_inputs((1, 2, 24, 10, 16, 16, 1), device=device)
+    index = torch.randint(0, 10, (1, 2, 6, 5), generator=torch.Generator().manual_seed(3)).to(device)
+    grad_out = torch.randn(1, 2, 24, 16, generator=torch.Generator().manual_seed(4)).to(device)
+    got = value_and_grads_grouped(q, k, v, index, "triton", grad_out)
+    expected = value_and_grads_grouped(q, k, v, index, "torch", grad_out)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def value_and_grads_grouped(q, k, v, index, backend, grad_out):
+    out = gather_attention(q, k, v, index, backend=backend, group=4)
+    return (out, *torch.autograd.grad(out, (q, k, v), grad_out))

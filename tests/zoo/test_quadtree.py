@@ -11,7 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import attnzoo
 import attnzoo.blocks.quadtree as quadtree_block
-from attnzoo.kernels import gather_attention
+from attnzoo.kernels import gather_attention, torch_backend
 from attnzoo.kernels.torch_backend import gather_attention_torch
 from tests.fixtures import FIXTURES
 
@@ -22,13 +22,14 @@ VARIANTS = ["quadtree_b0", "quadtree_b1", "quadtree_b2", "quadtree_b3", "quadtre
 README_GMACS = {"quadtree_b0": 0.6, "quadtree_b1": 2.3, "quadtree_b2": 4.5, "quadtree_b3": 7.8, "quadtree_b4": 11.5}
 
 
-def meta_safe_gather(q, k, v, index, scale=None):
+def meta_safe_gather(q, k, v, index, scale=None, group=1):
     """``gather_attention``'s torch backend without the index-range check, which reads values (impossible on meta).
 
-    The backend gathers each query's keys and multiplies with ``matmul``, so FlopCounterMode counts it
-    (``2 * K * (d + dv)`` FLOPs per query and head; checked against the real op in a test below).
+    Forced onto its gather path, which gathers each query's keys and multiplies with ``matmul``, so FlopCounterMode
+    counts the mechanism's MACs (``2 * K * (d + dv)`` FLOPs per query and head; checked against the real op in a
+    test below). The cost rule would run the 28x28 and 14x14 levels on dense scores: faster on the CPU, more MACs.
     """
-    return gather_attention_torch(q, k, v, index, q.shape[-1] ** -0.5 if scale is None else scale)
+    return gather_attention_torch(q, k, v, index, q.shape[-1] ** -0.5 if scale is None else scale, "gather", group)
 
 
 @pytest.fixture(scope="module", params=VARIANTS)
@@ -161,7 +162,7 @@ def test_the_meta_stand_in_counts_what_the_real_gather_attention_counts():
     counts = []
     for op in (gather_attention, meta_safe_gather):
         counter = FlopCounterMode(display=False)
-        with counter:
+        with counter, mock.patch.object(torch_backend, "DENSE_KEYS_PER_LISTED", 0):  # the gather path
             op(q, k, v, index)
         counts.append(counter.get_total_flops())
     assert counts[0] == counts[1] == 2 * 1 * 2 * 5 * 4 * (8 + 8)
