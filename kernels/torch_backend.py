@@ -133,12 +133,13 @@ def na2d_torch(q, k, v, kernel_size: int, dilation: int, rpb, scale: float, attn
 
 
 DENSE_KEYS_PER_LISTED = 32
-"""Cost rule of :func:`gather_attention_torch`: dense scores when ``Nk <= DENSE_KEYS_PER_LISTED * K``, else gather.
+"""Cost rule of :func:`gather_attention_torch`: dense scores when ``Nk * group <= DENSE_KEYS_PER_LISTED * K``.
 
-The gather path copies ``K * (d + dv)`` elements per index row into memory-bound small matrix products; the
-dense path spends ``Nk * (d + dv)`` multiply-adds per query in GEMMs, which on the CPU (fp32, 2 threads, forward
-and backward at head dim 64) cost about 1/32 to 1/47 of a gathered slot each: 4x faster at Nk = 6 K, 1.3x at
-24.5 K, 2x slower at 98 K.
+The gather path copies ``K * (d + dv)`` elements per index row (shared by its ``group`` queries) into
+memory-bound small matrix products; the dense path spends ``Nk * (d + dv)`` multiply-adds per query in GEMMs,
+which on the CPU (fp32, 1-2 threads, forward and backward at head dim 64) cost about 1/32 to 1/47 of a gathered
+row element: for one query per row dense is 4x faster at Nk = 6 K, 1.3x at 24.5 K and 2x slower at 98 K; with
+rows shared by 4 queries gather is already 1.4-1.7x faster at Nk = 24.5 K.
 """
 
 CHUNK_ELEMENTS = 1 << 21
@@ -155,7 +156,7 @@ def _plan(q, k, v, index, path: str | None, group: int = 1) -> tuple[str, int]:
     batch, heads, rows, listed = index.shape
     n_keys, head_dim, head_dim_v = k.shape[2], q.shape[-1], v.shape[-1]
     if path is None:
-        path = "dense" if n_keys <= DENSE_KEYS_PER_LISTED * listed else "gather"
+        path = "dense" if n_keys * group <= DENSE_KEYS_PER_LISTED * listed else "gather"
     per_row = group * n_keys if path == "dense" else listed * max(head_dim, head_dim_v, group)
     sizes = [_static(s) for s in (batch, heads, rows, per_row)]
     if None in sizes:  # symbolic shapes: one chunk, so that the traced graph holds no shape-dependent loop

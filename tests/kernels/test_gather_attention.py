@@ -186,6 +186,11 @@ def test_the_cost_rule_picks_dense_for_sparsifiner_and_gather_for_quadtree():
     assert torch_backend._plan(*at_rule, torch.empty(1, 1, 4, 3, dtype=torch.int64), None)[0] == "dense"
     at_rule[1] = at_rule[2] = torch.empty(1, 1, 3 * cost_rule + 1, 8)
     assert torch_backend._plan(*at_rule, torch.empty(1, 1, 4, 3, dtype=torch.int64), None)[0] == "gather"
+    # QuadTree's 28x28 level: 32 listed of 784, each row shared by 4 children: gather; its 14x14 level: dense
+    fine = [torch.empty(2, 1, 784, 32)] * 3
+    assert torch_backend._plan(*fine, torch.empty(2, 1, 196, 32, dtype=torch.int64), None, 4)[0] == "gather"
+    coarse = [torch.empty(2, 1, 196, 32)] * 3
+    assert torch_backend._plan(*coarse, torch.empty(2, 1, 49, 32, dtype=torch.int64), None, 4)[0] == "dense"
 
 
 def saved_by_backward(fn):
