@@ -3,8 +3,10 @@
 Wei et al., "Sparsifiner: Learning Sparse Instance-Dependent Attention for Efficient Vision Transformers",
 CVPR 2023 (arXiv 2303.13755). Authors' code: lim142857/Sparsifiner, ``src/models/sparsifiner.py``
 (``MaskPredictor``, ``Attention``). Each query keeps the ``ceil(keep_ratio * N)`` keys the predictor scores
-highest. The authors mask a dense softmax with ``-inf``; here the kept keys are gathered
-(:func:`attnzoo.kernels.gather_attention`): the same softmax with O(N * k * d) memory.
+highest. The authors mask a dense softmax with ``-inf``; here the kept keys go to
+:func:`attnzoo.kernels.gather_attention`: the same softmax, whose backward keeps only q, k, v, the index, the
+output and its logsumexp (the torch backend computes it from chunked dense scores at this K = N/4, by its cost
+rule). The predictor runs without autograd unless its aux is asked for: only its integer top-k is used.
 """
 
 from __future__ import annotations
