@@ -1,46 +1,9 @@
-"""Multiply-accumulates of a forward pass, counted the way the papers count them.
+"""Multiply-accumulates of a forward pass: :func:`attnzoo.macs.count_macs`, re-exported for the tools floor.
 
-``torch.utils.flop_counter`` counts the matmuls a kernel actually runs. The torch reference of
-neighborhood attention runs padded tiles (about (2k-1)^2 keys per query instead of k^2), so for
-:class:`~attnzoo.blocks.NeighborhoodAttention2D` the attention products are replaced by their
-definition, ``2 * B * heads * H * W * k^2 * head_dim`` MACs (q.k and attn.v), as the NAT/DiNAT
-papers count them. Everything else is the counter's own number.
+The counter lives on the model floor (``attnzoo.macs``) since the arena family (:mod:`attnzoo.arena`) sizes its
+models with it; ``attnzoo info``, ``attnzoo export`` and the tests keep importing it from here.
 """
 
-from __future__ import annotations
+from attnzoo.macs import count_macs
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
-from attnzoo.blocks.neighborhood import NeighborhoodAttention2D
-
-
-def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
-    """MACs of ``model(*inputs)`` (no grad; works on the meta device)."""
-    intrinsic: dict[str, int] = {}  # module name -> its attention MACs over all calls
-    names = {module: name for name, module in model.named_modules()}
-
-    def record(module, args, output):
-        batch, height, width, _ = output.shape
-        span = module.kernel_size * module.dilation  # small maps are padded before attention
-        tokens = max(height, span) * max(width, span)
-        macs = 2 * batch * module.num_heads * tokens * module.kernel_size**2 * module.head_dim
-        intrinsic[names[module]] = intrinsic.get(names[module], 0) + macs
-
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, NeighborhoodAttention2D)]
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter, torch.no_grad():
-            model(*inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    per_module = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-    root = type(model).__name__
-    total = counter.get_total_flops() // 2
-    for name, macs in intrinsic.items():
-        prefix = f"{root}.{name}"
-        counted = per_module.get(prefix, 0) - per_module.get(f"{prefix}.qkv", 0) - per_module.get(f"{prefix}.proj", 0)
-        total += macs - counted // 2
-    return total
+__all__ = ["count_macs"]

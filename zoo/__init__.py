@@ -13,7 +13,7 @@ from importlib import metadata as _metadata
 import timm as _timm
 
 # each family registers its models in timm
-from . import agent_deit, agent_pvt, agent_swin, litv2, nat, quadtree, sparsifiner  # noqa: F401
+from . import agent_deit, agent_pvt, agent_swin, arena, litv2, nat, quadtree, sparsifiner  # noqa: F401
 from ._official import from_official, load_official_state_dict, official_entrypoints
 from .graft import graft
 

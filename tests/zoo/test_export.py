@@ -52,6 +52,7 @@ REDUCE = {  # entrypoint module -> the variant's own kwargs -> the overrides tha
     "attnzoo.agent_swin": _agent_swin,
     "attnzoo.agent_deit": _agent_deit,
     "attnzoo.sparsifiner": lambda kw: dict(embed_dim=48, depth=1),
+    "attnzoo.arena": lambda kw: dict(embed_dim=16, depths=(1, 1, 1, 1)),
 }
 # One name per family for the default run, chosen so that its reduced build has all the family's code paths
 # (DiNAT-B: dilations and layer scale; Agent-Swin-B: agent, mixed and Swin stages; Agent-DeiT-B: agent and
@@ -67,6 +68,7 @@ EXPORT_DEFAULT = {
     "agent_pvt_tiny",
     "agent_swin_base",
     "sparsifiner_deit_small",
+    "arena_tiny",
 }
 ONNX_DEFAULT = {"agent_deit_base", "sparsifiner_deit_small"}
 
