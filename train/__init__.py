@@ -21,6 +21,7 @@ _MODULES = {
     "DetectionTask": "detection",
     "DigitsData": "digits",
     "ImageFolderData": "data",
+    "LongRangeData": "long_range",
     "SegFolderData": "segfolder_data",
     "SegmentationTask": "segmentation",
     "SparsifinerDistillationTask": "sparsifiner",

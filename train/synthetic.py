@@ -22,7 +22,7 @@ import numpy as np
 from faster_coco_eval.core import mask as coco_mask
 from PIL import Image, ImageDraw
 
-__all__ = ["SHAPES", "write_ade_shapes", "write_coco_shapes"]
+__all__ = ["LONG_RANGE_CHANCE", "SHAPES", "write_ade_shapes", "write_coco_shapes", "write_long_range"]
 
 SHAPES = ("circle", "square", "triangle")
 _COLOURS = {"circle": (230, 60, 60), "square": (60, 200, 60), "triangle": (70, 90, 240)}
@@ -153,4 +153,77 @@ def write_ade_shapes(
             name = f"ADE_{split[:5]}_{index:08d}"
             image.save(root / "images" / split / f"{name}.png")
             label.save(root / "annotations" / split / f"{name}.png")
+    return root
+
+
+# --- the arena's long-range task --------------------------------------------------------------------------------
+LONG_RANGE_COLOURS = ((220, 50, 50), (50, 190, 60), (60, 90, 235), (230, 200, 40), (200, 70, 210), (40, 200, 210))
+LONG_RANGE_CHANCE = 0.5
+"""Chance level of :func:`write_long_range`: two balanced classes, and neither square alone says anything."""
+_LONG_RANGE_MARKER = ".complete"
+
+
+def _long_range_image(rng: np.random.Generator, size: int, same: bool) -> Image.Image:
+    """Two ``size // 8`` squares whose centres are at least half the image apart (Chebyshev), on grey noise.
+
+    The first colour is uniform over the palette, the second equal to it (``same``) or uniform over the others, so
+    each square's colour alone is uniform in both classes: only comparing the two, across the image, beats chance.
+    """
+    side = max(size // 8, 2)
+    pixels = np.clip(110 + rng.integers(-25, 26, size=(size, size, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    while True:
+        (x0, y0), (x1, y1) = rng.integers(0, size - side + 1, size=(2, 2))
+        if max(abs(int(x0) - int(x1)), abs(int(y0) - int(y1))) >= size // 2:
+            break
+    first = int(rng.integers(len(LONG_RANGE_COLOURS)))
+    second = first if same else (first + 1 + int(rng.integers(len(LONG_RANGE_COLOURS) - 1))) % len(LONG_RANGE_COLOURS)
+    for (x, y), colour in (((x0, y0), first), ((x1, y1), second)):
+        draw.rectangle([int(x), int(y), int(x) + side - 1, int(y) + side - 1], fill=LONG_RANGE_COLOURS[colour])
+    return image
+
+
+def write_long_range(
+    root: str | Path, num_train: int = 2000, num_val: int = 500, size: int = 64, seed: int = 0
+) -> Path:
+    """Write the long-range task under ``root`` once (deterministic, byte-identical PNGs; later calls return).
+
+    Classes ``different`` (0) and ``same`` (1), balanced per split; chance is :data:`LONG_RANGE_CHANCE`. The two
+    squares are at least ``size // 2`` px apart, beyond any one 7x7 window of the stride-4 stage-1 map (28 px), so
+    a local mixer must stack layers to relate them while a global one sees both in its first block. Written in a
+    temporary sibling folder and renamed into place, as :func:`attnzoo.train.write_digits`.
+    """
+    import shutil
+    import tempfile
+
+    if num_train < 2 or num_val < 2:
+        raise ValueError(f"num_train and num_val must be >= 2 (both classes), got {num_train} and {num_val}")
+    if not isinstance(size, int) or size < 32:
+        raise ValueError(f"size must be an int of at least 32 px, got {size!r}")
+    root = Path(root).expanduser()
+    if (root / _LONG_RANGE_MARKER).is_file():
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"root: {str(root)!r} exists, is not empty and is not a finished long-range tree")
+    rng = np.random.default_rng(seed)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".long-range-", dir=root.parent))
+    try:
+        for split, count in (("train", num_train), ("validation", num_val)):
+            for index in range(count):
+                same = index % 2 == 1
+                folder = tmp / split / ("same" if same else "different")
+                folder.mkdir(parents=True, exist_ok=True)
+                _long_range_image(rng, size, same).save(folder / f"{index:06d}.png")
+        (tmp / _LONG_RANGE_MARKER).write_text(f"{num_train} train, {num_val} validation images, {size} px\n")
+        if root.exists():
+            root.rmdir()
+        try:
+            tmp.rename(root)
+        except OSError:
+            if not (root / _LONG_RANGE_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return root
