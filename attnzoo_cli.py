@@ -464,6 +464,55 @@ def _add_viz(commands) -> None:
     viz.set_defaults(run="viz", parser=viz)
 
 
+ARENA_DESCRIPTION = """\
+Train every entry of the arena (attnzoo.arena: one backbone, only the token mixer differs) at one compute budget
+with one recipe, seed and data order, through attnzoo-train's Lightning task; then each trained model's top-1 at
+every --sizes value (resolution transfer) and its inference and training-step throughput and peak memory there.
+Writes OUT/arena.json, OUT/arena.md and OUT/arena.png; each entry is a run folder OUT/entries/NAME, so a killed
+arena resumes with its finished entries kept. Needs the [train] extra (and [viz] for the PNG).
+
+  attnzoo arena --mixers all --budget 4.5 --data /data/imagenet --epochs 300 --sizes 224,384,512 --out runs/arena
+  attnzoo arena --mixers neighborhood,hilo,dense --budget 0.05 --data long-range --epochs 5 --sizes 64,128 --out a
+"""
+
+
+def _add_arena(commands) -> None:
+    arena = commands.add_parser(
+        "arena",
+        help="train every mixer in one backbone at equal compute and compare accuracy, transfer, speed and memory",
+        description=ARENA_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    arena.add_argument("--mixers", default="all", metavar="all|LIST", help="entries, comma-separated (default: all)")
+    arena.add_argument("--budget", type=float, required=True, metavar="GMACS", help="GMACs at the first --sizes value")
+    arena.add_argument(
+        "--data", required=True, metavar="ROOT|digits|long-range", help="an ImageFolder tree, digits or long-range"
+    )
+    arena.add_argument("--epochs", type=_positive_int, default=10, metavar="N", help="training epochs (default 10)")
+    arena.add_argument(
+        "--sizes",
+        default="224,384,512,768,1024",
+        metavar="LIST",
+        help="input sides; the first trains (default 224,...)",
+    )
+    arena.add_argument("--out", type=Path, required=True, metavar="DIR", help="the arena's folder (resumed if present)")
+    arena.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="training batch (default 64)")
+    arena.add_argument("--bench-batch", type=_positive_int, default=8, metavar="N", help="timing batch (default 8)")
+    arena.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    arena.add_argument("--seed", type=int, default=0, help="seed of every entry (default 0)")
+    arena.add_argument(
+        "--step-limit",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="skip (and record) a size where one batch is predicted to take longer than S seconds (default 60)",
+    )
+    arena.add_argument("--train-images", type=_positive_int, default=2000, metavar="N", help="long-range: training set")
+    arena.add_argument("--val-images", type=_positive_int, default=500, metavar="N", help="long-range: validation set")
+    _add_device(arena)
+    arena.set_defaults(arena=True, parser=arena)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``attnzoo`` parser; importing neither torch, timm nor attnzoo."""
     parser = _Parser(prog="attnzoo", description="attnzoo: efficient-attention vision transformers registered in timm.")
@@ -540,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     hub.set_defaults(run="push_to_hub", parser=hub)
 
     _add_viz(commands)
+    _add_arena(commands)
 
     timm_script = commands.add_parser(
         "timm",
@@ -559,6 +609,14 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.argv = argv  # the reports record the exact command line
     quiet_dependencies()
+    if getattr(args, "arena", False):  # trains: it lives on the training floor, which tools may not import
+        missing = missing_extra("train", "lightning")
+        if missing is not None:
+            sys.exit(f"attnzoo arena: error: the arena trains; {missing}")
+        from attnzoo.train.arena import main as run_arena
+
+        run_arena(args)
+        return
     from attnzoo.tools import cli
 
     try:
