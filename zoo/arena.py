@@ -346,13 +346,13 @@ def solve_budget(mixer: str, budget: float, img_size=224) -> dict:
     size = check_input_size(mixer, img_size)
     target = int(budget * 1e9)
     best = None
-    narrowest = None
+    reachable = []  # (low, high) MACs of each width over the allowed ratios, for the error message
     for m in range(1, 257):
         embed_dim = HEAD_DIM * m
         base = count_arena_macs(mixer, embed_dim, 1.0, size) - _mlp_macs(embed_dim, 1.0, size)
-        if narrowest is None:
-            narrowest = base + _mlp_macs(embed_dim, R_MIN, size)
-        if base + _mlp_macs(embed_dim, R_MIN, size) > target * 1.02:
+        low, high = base + _mlp_macs(embed_dim, R_MIN, size), base + _mlp_macs(embed_dim, R_MAX, size)
+        reachable.append((low, high))
+        if low > target * 1.02:
             break
         ratio = _solve_ratio(base, embed_dim, target, size)
         if not R_MIN <= ratio <= R_MAX:
@@ -363,10 +363,10 @@ def solve_budget(mixer: str, budget: float, img_size=224) -> dict:
         elif score > best[0]:
             break  # r falls as the width grows: past the closest to 4
     if best is None:
+        ranges = ", ".join(f"{lo / 1e9:.3g}-{hi / 1e9:.3g}" for lo, hi in reachable[:4])
         raise ValueError(
             f"budget: {budget:g} GMACs at {size[0]}x{size[1]} cannot be met by {mixer}: widths in multiples of "
-            f"{HEAD_DIM} need MLP ratios in [{R_MIN:g}, {R_MAX:g}] (its narrowest model costs "
-            f"{narrowest / 1e9:.3g} GMACs)"
+            f"{HEAD_DIM} with MLP ratios in [{R_MIN:g}, {R_MAX:g}] reach {ranges} GMACs"
         )
     _, embed_dim, ratio, macs = best
     return dict(
