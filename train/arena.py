@@ -611,8 +611,9 @@ def render_png(report: dict[str, Any], path: Path) -> str | None:
         ylabel="peak MiB",
         title="peak memory (solid: inference, dashed: training)",
     )
-    for ax in axes[1:]:
-        ax.legend(fontsize=7)
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(
         f"arena: {report['budget']:g} GMACs at {train}², {report['data']}, {report['epochs']} epoch(s); "
         f"{report['device']}",
