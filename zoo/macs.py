@@ -7,11 +7,16 @@ definition, ``2 * B * heads * H * W * k^2 * head_dim`` MACs (q.k and attn.v), as
 papers count them. Sparsifiner's predictor rebuilds its approximate attention from basis coefficients of which
 each query keeps ``basis_coef_topk`` (8): by definition a sparse product, ``B * heads * Nq * N * topk`` MACs, not
 the dense ``Nq x N_r`` by ``N_r x N`` product the reference runs with the other coefficients zeroed (phase-1
-reconstruction, which keeps every coefficient, is counted dense). Everything else is the counter's own number;
+reconstruction, which keeps every coefficient, is counted dense). ``gather_attention`` is counted on its torch
+backend's gather path: each query's listed keys only, as QuadTree and Sparsifiner define it (the backend's cost rule
+may run a shape densely, scoring every key and keeping the listed ones, because a GEMM is the faster way on a CPU;
+that is an implementation's choice, not the mechanism's cost). Everything else is the counter's own number;
 SDPA is counted on the meta device (torch 2.14's counter gives CPU SDPA no formula), so count there.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import nn
@@ -19,6 +24,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from attnzoo.blocks.neighborhood import NeighborhoodAttention2D
 from attnzoo.blocks.sparsifiner import SparsifinerMaskPredictor
+from attnzoo.kernels import torch_backend
+
+
+@contextlib.contextmanager
+def _listed_keys_only():
+    """``gather_attention``'s torch backend on its gather path (its dense-scores threshold at zero) while counting."""
+    saved = torch_backend.DENSE_KEYS_PER_LISTED
+    torch_backend.DENSE_KEYS_PER_LISTED = 0
+    try:
+        yield
+    finally:
+        torch_backend.DENSE_KEYS_PER_LISTED = saved
 
 
 def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
@@ -49,7 +66,7 @@ def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
     ]
     counter = FlopCounterMode(display=False)
     try:
-        with counter, torch.no_grad():
+        with counter, torch.no_grad(), _listed_keys_only():
             model(*inputs)
     finally:
         for hook in hooks:
