@@ -28,7 +28,6 @@ import os
 import platform
 import random
 import re
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -330,8 +329,9 @@ class _PeakMemory:
         return (self._kb("VmHWM") - before) / 2**20, value
 
 
-def _timed(fn, device: torch.device, repeats: int = 3) -> float:
-    """Median seconds of ``fn`` over ``repeats`` runs after two warm-ups (fewer when one run is already slow)."""
+def _timed(fn, device: torch.device, repeats: int = 5) -> float:
+    """Fastest of ``repeats`` runs after two warm-ups, in seconds (fewer runs once 5 s are spent, or when one run
+    is already slow): on a shared machine the minimum is the run least disturbed by other work."""
     times = []
     for i in range(repeats + 2):
         if device.type == "cuda":
@@ -345,7 +345,7 @@ def _timed(fn, device: torch.device, repeats: int = 3) -> float:
             times.append(elapsed)
         if sum(times) > 5.0:
             break
-    return statistics.median(times)
+    return min(times)
 
 
 @torch.no_grad()
@@ -395,7 +395,7 @@ def _bench(model: torch.nn.Module, plan: Plan, size: int, memory: _PeakMemory) -
     )
 
 
-def _run_entry(plan: Plan, mixer: str, folder: Path) -> dict[str, Any]:
+def _run_entry(plan: Plan, mixer: str, folder: Path, memory: _PeakMemory) -> dict[str, Any]:
     from attnzoo.arena import ENTRIES, check_input_size, count_arena_macs, solve_budget
 
     entry = ENTRIES[mixer]
@@ -429,7 +429,6 @@ def _run_entry(plan: Plan, mixer: str, folder: Path) -> dict[str, Any]:
         return result
     result["train_seconds"] = time.perf_counter() - start
     model = model.to(plan.device)
-    memory = _PeakMemory(plan.device)
     per_macs = None  # seconds per MAC of an inference batch, measured at the training size
     for size in plan.sizes:
         row: dict[str, Any] = dict(reason=None)
@@ -685,6 +684,7 @@ def run(plan: Plan) -> dict[str, dict]:
     with _arena_lock(plan.out):
         entries_dir = plan.out / "entries"
         per_entry = plan.epochs + len(plan.sizes)
+        memory = _PeakMemory(plan.device)  # before any training: its allocator setting holds for every entry alike
         _PROGRESS = tqdm(total=per_entry * len(plan.mixers), desc="arena", unit="step", dynamic_ncols=True)
         try:
             for i, mixer in enumerate(plan.mixers):
@@ -699,7 +699,7 @@ def run(plan: Plan) -> dict[str, dict]:
                             "choose another --out"
                         )
                 else:
-                    result = _run_entry(plan, mixer, folder)
+                    result = _run_entry(plan, mixer, folder, memory)
                     folder.mkdir(parents=True, exist_ok=True)
                     _write_atomic(done, json.dumps(result, indent=2) + "\n")
                 results[mixer] = result

@@ -27,9 +27,10 @@ def test_every_entry_meets_each_budget_within_two_percent(name):
         assert solved["macs"] == pytest.approx(budget * 1e9, rel=0.02), (name, budget, side)
         assert solved["embed_dim"] % HEAD_DIM == 0 and R_MIN <= solved["mlp_ratio"] <= R_MAX
         assert solved["params"] > 0
-        with torch.device("meta"):  # the number is the model's own, counted as `attnzoo info` counts
-            model = timm.create_model("arena_tiny", mixer=name, budget=budget, img_size=side)
-        assert count_macs(model.eval(), torch.empty(1, 3, side, side, device="meta")) == solved["macs"]
+    with torch.device("meta"):  # the number is the model's own, counted as `attnzoo info` counts
+        model = timm.create_model("arena_tiny", mixer=name, budget=budget, img_size=side)
+    assert count_macs(model.eval(), torch.empty(1, 3, side, side, device="meta")) == solved["macs"]
+    assert sum(p.numel() for p in model.parameters()) == solved["params"]
 
 
 def test_only_the_mixer_differs():
