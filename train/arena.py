@@ -610,6 +610,9 @@ def render_png(report: dict[str, Any], path: Path) -> str | None:
         ylabel="peak MiB",
         title="peak memory (solid: inference, dashed: training)",
     )
+    for ax in axes[1:]:  # the sizes themselves as ticks, not powers of ten
+        ax.set_xticks(report["sizes"], [str(s) for s in report["sizes"]])
+        ax.minorticks_off()
     for ax in axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
