@@ -472,7 +472,7 @@ Writes OUT/arena.json, OUT/arena.md and OUT/arena.png; each entry is a run folde
 arena resumes with its finished entries kept. Needs the [train] extra (and [viz] for the PNG).
 
   attnzoo arena --mixers all --budget 4.5 --data /data/imagenet --epochs 300 --sizes 224,384,512 --out runs/arena
-  attnzoo arena --mixers neighborhood,hilo,dense --budget 0.05 --data long-range --epochs 5 --sizes 64,128 --out a
+  attnzoo arena --mixers neighborhood,hilo,dense --budget 0.1 --data long-range --epochs 5 --sizes 64,128 --out a
 """
 
 
