@@ -46,7 +46,7 @@ HEAD_DIM = 16
 """Channels per head in every entry and stage (16, not Swin's 32: at 1 GMAC and 224 px dense attention over the
 56 x 56 stage-1 map only fits with 16 channels there)."""
 DEPTHS = (2, 2, 6, 2)
-R_MIN, R_MAX = 0.25, 16.0
+R_MIN, R_MAX = 0.125, 16.0
 MIN_SIZE = 32  # four stages at strides 4..32: at least one token in the last stage
 
 
