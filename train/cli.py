@@ -12,9 +12,13 @@ What it adds to Lightning's: ``data.num_classes`` linked into the task; ``best.c
 ``val/acc1`` unless the YAML sets ``checkpoint.monitor``) and ``last.ckpt`` (``last_checkpoint``: each epoch,
 every ``every_n_train_steps`` if set, at the end, on Ctrl-C or an exception) under
 ``default_root_dir/checkpoints``, never with a ``-v1`` suffix; one run per folder (a lock, and no mixing with an
-earlier run's checkpoints without ``--ckpt_path`` or ``--overwrite true``); every checkpoint read with
-``weights_only=True`` and written atomically; CSV and TensorBoard loggers by default; no automatic
-``--optimizer``/``--lr_scheduler`` arguments (a torch scheduler would drop timm's layer-wise lr decay);
+earlier run's checkpoints without continuing it, ``--ckpt_path last`` or one of its files, or ``--overwrite
+true``); every checkpoint read with ``weights_only=True`` and written atomically; ``--ckpt_path``'s
+hyper-parameters only fill in what the command and its YAML leave unset, and must be plain values (a
+``class_path`` in them is refused: nothing read from a checkpoint is built); a resumed fit keeps the command's
+optimizer settings (:mod:`.resume`); SIGTERM/SIGINT stop at the end of the current batch with ``last.ckpt`` saved
+and exit 143/130, DataLoader workers ignoring them (:mod:`.signals`); CSV and TensorBoard loggers by default; no
+automatic ``--optimizer``/``--lr_scheduler`` arguments (a torch scheduler would drop timm's layer-wise lr decay);
 ``--config NAME`` finds a recipe shipped in the wheel (:mod:`.recipes`); ``predict`` writes the top-k classes with
 their names to a CSV (``predictions``: :class:`~.predict_writer.PredictionWriter`); a bad task or data argument
 (``--model.init_args.model nat_minii``) ends in one line naming it, not in the parser's usage (with
@@ -26,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import inspect
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -34,21 +39,28 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from .checkpoint import load_checkpoint
 from .checkpoint_io import AtomicCheckpointIO, remove_partial_writes
 from .predict_writer import PredictionWriter
 from .recipes import RecipeError, describe_recipes, resolve_config_args
+from .resume import CommandOptimizerSettings
+from .signals import StopOnSignal, StopRequested, guard_dataloaders, kill_workers_at_exit, validation_follows
 
 __all__ = ["AttnzooCLI", "LastCheckpoint", "CommandError", "main"]
 
 LOCK_NAME = ".attnzoo-train.lock"
+# the task arguments that name the network itself: a checkpoint of another one cannot be validated as this one
+ARCHITECTURE_KEYS = ("model", "backbone", "detector", "decoder")
 
 
 class CommandError(ValueError):
     """The command cannot run as given: its run folder is in use or holds another run's checkpoints, there is no
-    ``last.ckpt`` to resume, it asks to read checkpoints with ``weights_only=False``, its ``--config`` names no file
-    or recipe, or a task or data module refused an argument. ``main`` prints it as one line."""
+    ``last.ckpt`` to resume, it asks to read checkpoints with ``weights_only=False``, its checkpoint holds more than
+    plain values or another network than the one asked for, its ``--config`` names no file or recipe, or a task or
+    data module refused an argument. ``main`` prints it as one line."""
 
 
 CONFIG_HELP = (
@@ -85,11 +97,29 @@ def argument_error(error: BaseException) -> str | None:
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt``: Lightning's checkpoint callback, plus a save when training ends.
+    """``last.ckpt``: Lightning's checkpoint callback, plus a save when training ends, and a step save that falls
+    right before a validation made after it.
 
     With ``every_n_train_steps`` set, Lightning stops saving at epoch ends, so a finished run's last.ckpt
-    would hold the last multiple of the step count rather than the final state.
+    would hold the last multiple of the step count rather than the final state. A checkpoint written after the
+    last batch of an epoch but before its validation resumes past that validation (Lightning counts the epoch as
+    done), so that step's save waits for the end of the validation.
     """
+
+    _deferred: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
+        if validation_follows(trainer):
+            self._deferred = (args, kwargs)  # decided and saved after the validation: see the class doc
+            return
+        super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if self._deferred is not None and not trainer.sanity_checking:
+            args, kwargs = self._deferred
+            self._deferred = None
+            super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_end(trainer, pl_module)
@@ -100,6 +130,17 @@ class LastCheckpoint(ModelCheckpoint):
 def checkpoint_dir(default_root_dir: str | None) -> str:
     """Checkpoints live at a fixed place per run folder, so a restarted ``fit`` finds ``last.ckpt`` again."""
     return str(Path(default_root_dir or ".") / "checkpoints")
+
+
+def continues_run(ckpt_path: Any, checkpoints: Path) -> bool:
+    """Whether ``fit --ckpt_path`` continues the run whose checkpoints are in ``checkpoints`` (``last``, or one of
+    its files); another run's checkpoint would start a second run in the folder and replace its best and last."""
+    if ckpt_path is None:
+        return False
+    if ckpt_path == "last":
+        return True
+    path = Path(str(ckpt_path)).expanduser()
+    return path.is_file() and path.resolve().parent == checkpoints.resolve()
 
 
 def default_loggers(default_root_dir: str | None) -> list[Any]:
@@ -134,12 +175,80 @@ class AttnzooCLI(LightningCLI):
                 resolved = resolve_config_args(given)
             except RecipeError as error:
                 raise CommandError(str(error)) from None
+            self._given = resolved
             if resolved != given:
                 if args is None:  # not passed on as ``args``: Lightning warns when both args and sys.argv are set
                     self.config = parser.parse_args(resolved)
                     return
                 args = resolved
+        else:
+            self._given = args
         super().parse_arguments(parser, args)
+
+    _given: Any = None  # the arguments as parsed: what the command and its YAML said, before defaults
+
+    def _explicit_model_args(self, subcommand: str) -> set[str]:
+        """The task arguments the command line or its YAML files set (parsed again, without defaults)."""
+        if isinstance(self._given, (list, tuple)):
+            explicit = self.parser.parse_args(list(self._given), defaults=False)
+        else:
+            explicit = self.parser.parse_object(self._given, defaults=False)
+        init_args = explicit.get(f"{subcommand}.model.init_args")
+        return set(vars(init_args)) if init_args is not None else set()
+
+    def _parse_ckpt_path(self) -> None:
+        """Fill in the task arguments the command left unset from ``--ckpt_path``'s hyper-parameters.
+
+        Lightning's own version hands them to the parser over the command's values, so a checkpoint overrides
+        explicit flags and has any ``class_path`` inside them built. Here they must be plain values (anything
+        else ends the command, naming its key), explicit command-line and YAML values win, and a checkpoint of
+        another task or network than the one asked for is an error naming both.
+        """
+        subcommand = self.config.get("subcommand")
+        path = self._local_checkpoint(subcommand) if subcommand else None
+        if path is None:
+            return  # a URL or a missing file: Lightning reads its weights alone, or reports it
+        try:
+            saved = dict(load_checkpoint(path).get("hyper_parameters") or {})
+        except (ValueError, FileNotFoundError) as error:
+            raise CommandError(f"--ckpt_path {error}") from None
+        saved_class = saved.pop("_class_path", None)
+        saved.pop("_instantiator", None)  # Lightning's, for load_from_checkpoint; never used here
+        model = self.config[subcommand].get("model")
+        if model is None or not saved:
+            return
+        requested = str(model.class_path)
+        if saved_class is not None and str(saved_class).rsplit(".", 1)[-1] != requested.rsplit(".", 1)[-1]:
+            raise CommandError(f"--ckpt_path {path} holds a {saved_class}, not the requested {requested}")
+        current = vars(model.init_args)
+        explicit = self._explicit_model_args(subcommand)
+        fill = {}
+        for key, value in saved.items():
+            if key not in current or current[key] == value:
+                continue
+            if key not in explicit:
+                fill[key] = value
+            elif key in ARCHITECTURE_KEYS:
+                raise CommandError(
+                    f"model.init_args.{key}: --ckpt_path {path} holds a {value!r} network, not the requested "
+                    f"{current[key]!r}; leave {key} out or give a checkpoint of {current[key]!r}"
+                )
+        if fill:
+            update = {subcommand: {"model": {"class_path": requested, "init_args": fill}}}
+            self.config = self.parser.parse_object(update, self.config)
+
+    def _local_checkpoint(self, subcommand: str) -> Path | None:
+        """The file ``--ckpt_path`` names (``last``: this run folder's ``last.ckpt``), ``None`` if it is no local
+        file."""
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path:
+            return None
+        if ckpt_path == "last":
+            root = self.config[subcommand].get("trainer.default_root_dir")
+            path = Path(checkpoint_dir(root)) / "last.ckpt"
+        else:
+            path = Path(str(ckpt_path)).expanduser()
+        return path if path.is_file() else None
 
     def instantiate_classes(self) -> None:
         """A task or data module refusing its arguments ends in one line naming it (:func:`argument_error`)."""
@@ -151,6 +260,9 @@ class AttnzooCLI(LightningCLI):
             if message is None:
                 raise
             raise CommandError(message) from error
+        if self.datamodule is not None:
+            guard_dataloaders(self.datamodule)  # workers ignore SIGTERM/SIGINT: the main process saves first
+            kill_workers_at_exit()  # and so cannot be ended by multiprocessing's SIGTERM at exit
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
@@ -232,14 +344,18 @@ class AttnzooCLI(LightningCLI):
         self._lock = handle
         remove_partial_writes(checkpoints)  # left by a writer that was killed
         earlier = sorted(checkpoints.glob("*.ckpt"))
-        if earlier and ckpt_path is None:
+        if earlier and not continues_run(ckpt_path, checkpoints):
             if not overwrite:
                 self._release_run_folder()
                 names = ", ".join(p.name for p in earlier)
+                start = (
+                    "continue it with --ckpt_path last"
+                    if ckpt_path is None
+                    else (f"--ckpt_path {ckpt_path} is not one of them (fit it into a new --trainer.default_root_dir)")
+                )
                 raise CommandError(
-                    f"run folder {root} holds an earlier run's checkpoints ({names}); continue it with "
-                    "--ckpt_path last, start afresh with --overwrite true (deletes them), or choose another "
-                    "--trainer.default_root_dir"
+                    f"run folder {root} holds an earlier run's checkpoints ({names}); {start}, start afresh with "
+                    "--overwrite true (deletes them), or choose another --trainer.default_root_dir"
                 )
             for path in earlier:
                 path.unlink()
@@ -251,10 +367,23 @@ class AttnzooCLI(LightningCLI):
             self._lock = None
 
     def _run_subcommand(self, subcommand: str) -> None:
+        """Runs it with the folder lock released at the end; an interrupted run exits with a shell's status for
+        its signal (130 for Ctrl-C, 143 for SIGTERM), never 0 or 1 as Lightning's own handling would."""
         try:
             super()._run_subcommand(subcommand)
+        except SIGTERMException:  # Lightning's handler caught SIGTERM before StopOnSignal's was installed
+            raise StopRequested(signal.SIGTERM) from None
+        except SystemExit as error:
+            if error.code == 1 and isinstance(error.__context__, KeyboardInterrupt):  # Lightning's Ctrl-C exit
+                raise StopRequested(signal.SIGINT) from None
+            raise
         finally:
             self._release_run_folder()
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        """Every trainer stops on SIGTERM/SIGINT at a batch boundary (:class:`~.signals.StopOnSignal`) and resumes
+        with the command's optimizer settings (:class:`~.resume.CommandOptimizerSettings`)."""
+        return super()._instantiate_trainer(config, [StopOnSignal(), CommandOptimizerSettings(), *callbacks])
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
