@@ -211,7 +211,7 @@ class AttnzooCLI(LightningCLI):
         try:
             saved = dict(load_checkpoint(path).get("hyper_parameters") or {})
         except (ValueError, FileNotFoundError) as error:
-            raise CommandError(f"--ckpt_path {error}") from None
+            raise CommandError(f"--ckpt_path {str(error).removeprefix('checkpoint: ')}") from None
         saved_class = saved.pop("_class_path", None)
         saved.pop("_instantiator", None)  # Lightning's, for load_from_checkpoint; never used here
         model = self.config[subcommand].get("model")
@@ -219,7 +219,7 @@ class AttnzooCLI(LightningCLI):
             return
         requested = str(model.class_path)
         if saved_class is not None and str(saved_class).rsplit(".", 1)[-1] != requested.rsplit(".", 1)[-1]:
-            raise CommandError(f"--ckpt_path {path} holds a {saved_class}, not the requested {requested}")
+            raise CommandError(f"--ckpt_path {path} is a checkpoint of {saved_class}, not of the requested {requested}")
         current = vars(model.init_args)
         explicit = self._explicit_model_args(subcommand)
         fill = {}

@@ -13,10 +13,21 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 __all__ = ["CommandOptimizerSettings"]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of two settings, tensors included (an optimizer may keep ``betas`` or ``eps`` as tensors)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError, RuntimeError):  # containers of tensors: compare as different, i.e. re-apply
+        return False
 
 
 def _group_settings(optimizer: Any) -> list[dict[str, Any]]:
@@ -48,11 +59,11 @@ class CommandOptimizerSettings(Callback):
         for optimizer, groups in zip(trainer.optimizers, self._groups, strict=False):
             for group, settings in zip(optimizer.param_groups, groups, strict=False):
                 for key, value in settings.items():
-                    if group.get(key) != value:
+                    if not _same(group.get(key), value):
                         group[key] = value
                         changed.add(key)
         for config, state in zip(trainer.lr_scheduler_configs, self._schedulers, strict=False):
-            if state is not None and config.scheduler.state_dict() != state:
+            if state is not None and not _same(config.scheduler.state_dict(), state):
                 config.scheduler.load_state_dict(state)
                 config.scheduler.step_update(num_updates=trainer.global_step)  # the lr of the resumed step
                 changed.add("schedule")

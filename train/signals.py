@@ -10,9 +10,12 @@ finished run. Here:
   they keep serving batches until the main process shuts them down;
 * the main process (:class:`StopOnSignal`) notes the signal and raises :class:`StopRequested` at the end of the
   current batch (training, validation, test or predict), where the state is consistent; Lightning then runs the
-  ``on_exception`` hooks (``last.ckpt`` is written, a predict's part file removed) and tears the loaders down;
+  ``on_exception`` hooks (``last.ckpt`` is written, a predict's part file removed) and tears the loaders down.
+  A stop during a fit's validation (or right before it) is saved as a validation not yet run, so that
+  ``--ckpt_path last`` repeats it whole instead of skipping it;
 * the process exits ``128 + signal`` (143 for SIGTERM, 130 for SIGINT). A second signal stops at once, with the
-  signal's default action (the last checkpoint on disk is still whole: writes are atomic).
+  signal's default action (the last checkpoint on disk is still whole: writes are atomic). Workers still alive at
+  exit are killed (:func:`kill_workers_at_exit`): multiprocessing would wait for them forever.
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ def test_a_class_path_in_checkpoint_hyper_parameters_is_refused_not_built(image_
     with pytest.raises(SystemExit) as exit_info:
         main([command, *args, f"--ckpt_path={evil}"])
     message = str(exit_info.value.code)
-    assert message.startswith("attnzoo-train: error: --ckpt_path checkpoint: ") and "\n" not in message
+    assert message.startswith(f"attnzoo-train: error: --ckpt_path '{evil}': ") and "\n" not in message
     assert "hyper_parameters.opt_kwargs.eps.class_path" in message
     assert not marker.exists(), f"{command} ran a shell command named in a checkpoint"
 
@@ -85,7 +85,7 @@ def test_a_checkpoint_of_another_network_is_an_error_naming_both(image_folder, t
     with pytest.raises(CommandError, match=r"model.init_args.model: .* holds a 'nat_mini' network, not the requested "):
         build_cli(["validate", *args, "--model.model=litv2_small", f"--ckpt_path={ckpt}"])
     other_task = task_checkpoint(tmp_path / "seg.ckpt", _class_path="attnzoo.train.SegmentationTask")
-    with pytest.raises(CommandError, match=r"holds a attnzoo.train.SegmentationTask, not the requested .*Classif"):
+    with pytest.raises(CommandError, match=r"of attnzoo.train.SegmentationTask, not of the requested .*Classif"):
         build_cli(["validate", *args, f"--ckpt_path={other_task}"])
 
 
