@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch.utils.data import DataLoader
 
 # the datasets each Lightning stage needs, by key
@@ -54,7 +56,18 @@ class SplitDataModule(LightningDataModule):
         )
 
     def _loader(self, key: str, training: bool) -> DataLoader:
-        return DataLoader(self.datasets[key], **self.loader_kwargs(training))
+        kwargs = self.loader_kwargs(training)
+        if training and kwargs.get("drop_last"):
+            # a training split smaller than one batch per process would give no batch at all: it is one batch
+            world_size = getattr(self.trainer, "world_size", 1) or 1
+            per_process = math.ceil(len(self.datasets[key]) / world_size)
+            if 0 < per_process < kwargs["batch_size"]:
+                rank_zero_info(
+                    f"batch_size {kwargs['batch_size']} is larger than the {per_process} training images per process; "
+                    f"training batches hold {per_process}"
+                )
+                kwargs["batch_size"] = per_process
+        return DataLoader(self.datasets[key], **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

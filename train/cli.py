@@ -40,10 +40,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from .checkpoint import load_checkpoint
 from .checkpoint_io import AtomicCheckpointIO, remove_partial_writes
+from .portable import accumulation, cpu_precision, runs_on_cpu
 from .predict_writer import PredictionWriter
 from .recipes import RecipeError, describe_recipes, resolve_config_args
 from .resume import CommandOptimizerSettings
@@ -292,6 +293,13 @@ class AttnzooCLI(LightningCLI):
             default=False,
             help="fit: start afresh in a run folder that holds an earlier run's checkpoints (they are deleted first)",
         )
+        parser.add_argument(
+            "--total_batch_size",
+            type=int | None,
+            default=None,
+            help="images per optimizer step over all processes (the paper's total batch): "
+            "trainer.accumulate_grad_batches follows from data.batch_size and the world size",
+        )
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments("trainer.default_root_dir", "last_checkpoint.dirpath", compute_fn=checkpoint_dir)
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
@@ -391,7 +399,21 @@ class AttnzooCLI(LightningCLI):
             kwargs["logger"] = default_loggers(trainer_config.get("default_root_dir"))
         if not trainer_config.get("plugins") and "plugins" not in kwargs:
             kwargs["plugins"] = [AtomicCheckpointIO()]
-        return super().instantiate_trainer(**kwargs)
+        if "precision" not in kwargs and runs_on_cpu(trainer_config.get("accelerator")):
+            kwargs["precision"], note = cpu_precision(trainer_config.get("precision"))
+            if note:
+                rank_zero_info(note)
+        trainer = super().instantiate_trainer(**kwargs)
+        total = self._get(self.config_init, "total_batch_size")
+        per_process = getattr(self.datamodule, "hparams", {}).get("batch_size")  # the data module's, per process
+        if total is not None and per_process is not None:
+            try:
+                steps, note = accumulation(total, per_process, trainer.world_size, trainer.accumulate_grad_batches)
+            except ValueError as error:
+                raise CommandError(str(error)) from None
+            trainer.accumulate_grad_batches = steps
+            rank_zero_info(note)
+        return trainer
 
 
 def _register_classes() -> None:

@@ -1,0 +1,111 @@
+"""Recipes run on any machine: devices, strategy and precision follow the machine, the paper's total batch is kept by
+gradient accumulation for any world size, and the class count follows the data (issue 28)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from attnzoo.train.cli import CommandError, build_cli
+from attnzoo.train.portable import accumulation, cpu_precision
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "demo")
+CLASSIFICATION = sorted((CONFIGS / "classification").glob("*.yaml"))
+# the smallest recipe of each classification family, and the digits demo
+FAST = ["nat_mini", "litv2_small", "quadtree_b0", "agent_pvt_tiny", "digits"]
+
+
+@pytest.fixture(scope="module")
+def tiny_tree(tmp_path_factory):
+    """``train/<class>/*`` with 2 images of each of 3 classes, ``val/`` with 1: fewer than any recipe's batch."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 2), ("val", 1)):
+        for kind in ("a", "b", "c"):
+            folder = root / split / kind
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(CONFIGS)) for p in RECIPES])
+def test_a_recipe_names_no_machine_but_keeps_the_papers_total_batch(path):
+    config = yaml.safe_load(path.read_text())
+    trainer = config["trainer"]
+    assert (trainer["accelerator"], trainer["devices"], trainer["strategy"]) == ("auto", "auto", "auto")
+    assert "accumulate_grad_batches" not in trainer  # derived from total_batch_size
+    assert config["total_batch_size"] == 8 * config["data"]["init_args"]["batch_size"]  # the authors' 8 GPUs
+    if path.parent.name == "classification":
+        assert "num_classes" not in config["data"]["init_args"]  # the data's class folders
+
+
+def test_accumulation_keeps_the_total_for_any_world_size():
+    assert accumulation(1024, 128, 1, None)[0] == 8
+    assert accumulation(1024, 128, 8, 1)[0] == 1
+    steps, note = accumulation(1024, 128, 2, 4)
+    assert steps == 4 and note == "total_batch_size 1024 = 128 per process x 2 processes x 4 accumulated"
+    steps, note = accumulation(1000, 128, 3, None)
+    assert steps == 3 and "1152" in note  # rounded up, and said
+    with pytest.raises(ValueError, match=r"^total_batch_size 1024 needs trainer.accumulate_grad_batches 8 .* not 2;"):
+        accumulation(1024, 128, 1, 2)
+
+
+def test_float16_falls_back_on_the_cpu_with_a_note():
+    note = "trainer.precision 16-mixed needs a GPU; running in 32-true on the CPU"
+    assert cpu_precision("16-mixed") == ("32-true", note)
+    assert cpu_precision("bf16-mixed") == ("bf16-mixed", None)
+    assert cpu_precision("32-true") == ("32-true", None)
+
+
+def _cli(args, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with torch.device("meta"):
+        return build_cli(args, run=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+def test_a_recipe_builds_for_this_cpu(tiny_tree, tmp_path, monkeypatch, capsys):
+    cli = _cli(["--config", "nat_mini", "--data.root", str(tiny_tree)], tmp_path, monkeypatch)
+    assert cli.trainer.accumulate_grad_batches == 8  # 1024 = 128 x 1 process x 8
+    assert cli.trainer.precision == "32-true" and cli.trainer.world_size == 1
+    assert cli.model.num_classes == cli.datamodule.num_classes == 3
+
+
+def test_two_processes_accumulate_half_as_much(tiny_tree, tmp_path, monkeypatch):
+    args = ["--config", "nat_mini", "--data.root", str(tiny_tree), "--trainer.accelerator=cpu", "--trainer.devices=2"]
+    cli = _cli([*args, "--trainer.strategy=ddp"], tmp_path, monkeypatch)
+    assert cli.trainer.world_size == 2 and cli.trainer.accumulate_grad_batches == 4
+
+
+def test_an_inconsistent_accumulation_is_one_error_naming_it(tiny_tree, tmp_path, monkeypatch):
+    args = ["--config", "nat_mini", "--data.root", str(tiny_tree), "--trainer.accumulate_grad_batches=2"]
+    with pytest.raises(CommandError, match=r"^total_batch_size 1024 needs trainer.accumulate_grad_batches 8 with"):
+        _cli(args, tmp_path, monkeypatch)
+    cli = _cli([*args, "--total_batch_size=null"], tmp_path, monkeypatch)
+    assert cli.trainer.accumulate_grad_batches == 2
+
+
+def _fast_dev_run(name: str, root: Path, tmp_path: Path, monkeypatch) -> None:
+    """``attnzoo-train fit --config NAME --data.root ROOT --trainer.fast_dev_run true``: nothing else overridden."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    build_cli(["fit", "--config", name, "--data.root", str(root), "--trainer.fast_dev_run", "true"])
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_the_smallest_recipes_run_on_the_cpu_with_only_the_data_root(name, tiny_tree, tmp_path, monkeypatch):
+    root = tmp_path / "digits" if name == "digits" else tiny_tree
+    _fast_dev_run(name, root, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CLASSIFICATION, ids=[p.stem for p in CLASSIFICATION])
+def test_every_classification_recipe_runs_on_the_cpu_with_only_the_data_root(path, tiny_tree, tmp_path, monkeypatch):
+    _fast_dev_run(str(path), tiny_tree, tmp_path, monkeypatch)
