@@ -42,3 +42,15 @@ class KillAt(Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def write_coco_2017(root):
+    """A 2-image COCO tree with the names the detection recipes use: ``{train,val}2017/`` and
+    ``annotations/instances_{train,val}2017.json`` (3 categories)."""
+    from attnzoo.train.synthetic import write_coco_shapes
+
+    root = write_coco_shapes(root, num_train=2, num_val=1)
+    for split in ("train", "val"):
+        (root / split).rename(root / f"{split}2017")
+        (root / "annotations" / f"instances_{split}.json").rename(root / "annotations" / f"instances_{split}2017.json")
+    return root

@@ -13,10 +13,14 @@ from PIL import Image
 
 from attnzoo.train.cli import CommandError, build_cli
 from attnzoo.train.portable import accumulation, cpu_precision
+from attnzoo.train.synthetic import write_ade_shapes
+from tests.train.helpers import write_coco_2017
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if p.parent.name != "demo")
 CLASSIFICATION = sorted((CONFIGS / "classification").glob("*.yaml"))
+DETECTION = sorted((CONFIGS / "detection").glob("*.yaml"))
+SEGMENTATION = sorted((CONFIGS / "segmentation").glob("*.yaml"))
 # the smallest recipe of each classification family, and the digits demo
 FAST = ["nat_mini", "litv2_small", "quadtree_b0", "agent_pvt_tiny", "digits"]
 
@@ -35,6 +39,17 @@ def tiny_tree(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def tiny_coco(tmp_path_factory):
+    return write_coco_2017(tmp_path_factory.mktemp("coco"))
+
+
+@pytest.fixture(scope="module")
+def tiny_ade(tmp_path_factory):
+    """ADE20K's layout: ``images/{training,validation}/`` and their label maps under ``annotations/``."""
+    return write_ade_shapes(tmp_path_factory.mktemp("ade"), num_train=2, num_val=1)
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[str(p.relative_to(CONFIGS)) for p in RECIPES])
 def test_a_recipe_names_no_machine_but_keeps_the_papers_total_batch(path):
     config = yaml.safe_load(path.read_text())
@@ -42,8 +57,8 @@ def test_a_recipe_names_no_machine_but_keeps_the_papers_total_batch(path):
     assert (trainer["accelerator"], trainer["devices"], trainer["strategy"]) == ("auto", "auto", "auto")
     assert "accumulate_grad_batches" not in trainer  # derived from total_batch_size
     assert config["total_batch_size"] == 8 * config["data"]["init_args"]["batch_size"]  # the authors' 8 GPUs
-    if path.parent.name == "classification":
-        assert "num_classes" not in config["data"]["init_args"]  # the data's class folders
+    if path.parent.name in ("classification", "detection"):
+        assert "num_classes" not in config["data"]["init_args"]  # the data's class folders / categories
 
 
 def test_accumulation_keeps_the_total_for_any_world_size():
@@ -92,11 +107,21 @@ def test_an_inconsistent_accumulation_is_one_error_naming_it(tiny_tree, tmp_path
     assert cli.trainer.accumulate_grad_batches == 2
 
 
+def offline(name: str) -> list[str]:
+    """This machine has no network: a recipe that downloads pretrained weights (a fine-tuning, a dense backbone, a
+    distillation teacher) starts from random weights instead, the only other override."""
+    path = Path(name) if name.endswith(".yaml") else None
+    init_args = yaml.safe_load(path.read_text())["model"]["init_args"] if path else {}
+    flags = [f"--model.init_args.{key}=false" for key in ("pretrained", "teacher_pretrained") if init_args.get(key)]
+    return flags + (["--model.init_args.pretrained_file=null"] if init_args.get("pretrained_file") else [])
+
+
 def _fast_dev_run(name: str, root: Path, tmp_path: Path, monkeypatch) -> None:
-    """``attnzoo-train fit --config NAME --data.root ROOT --trainer.fast_dev_run true``: nothing else overridden."""
+    """``attnzoo-train fit --config NAME --data.root ROOT --trainer.fast_dev_run true``: nothing else overridden
+    (but for downloads: :func:`offline`)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    build_cli(["fit", "--config", name, "--data.root", str(root), "--trainer.fast_dev_run", "true"])
+    build_cli(["fit", "--config", name, "--data.root", str(root), "--trainer.fast_dev_run", "true", *offline(name)])
 
 
 @pytest.mark.parametrize("name", FAST)
@@ -109,3 +134,15 @@ def test_the_smallest_recipes_run_on_the_cpu_with_only_the_data_root(name, tiny_
 @pytest.mark.parametrize("path", CLASSIFICATION, ids=[p.stem for p in CLASSIFICATION])
 def test_every_classification_recipe_runs_on_the_cpu_with_only_the_data_root(path, tiny_tree, tmp_path, monkeypatch):
     _fast_dev_run(str(path), tiny_tree, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", DETECTION, ids=[p.stem for p in DETECTION])
+def test_every_detection_recipe_runs_on_the_cpu_with_only_the_data_root(path, tiny_coco, tmp_path, monkeypatch):
+    _fast_dev_run(str(path), tiny_coco, tmp_path, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SEGMENTATION, ids=[p.stem for p in SEGMENTATION])
+def test_every_segmentation_recipe_runs_on_the_cpu_with_only_the_data_root(path, tiny_ade, tmp_path, monkeypatch):
+    _fast_dev_run(str(path), tiny_ade, tmp_path, monkeypatch)
