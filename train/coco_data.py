@@ -26,6 +26,8 @@ from .synthetic import write_coco_shapes
 
 __all__ = ["CocoData", "detection_collate"]
 
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 
 def detection_collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict]]:
     """Variable-size images stay a list; torchvision's detectors batch (and pad) them themselves."""
@@ -77,6 +79,9 @@ class CocoData(SplitDataModule):
         root: the data set folder, e.g. ``/data/coco`` with ``train2017/``, ``val2017/`` and ``annotations/``.
         ann_file: the annotation file per split relative to ``root``; ``{split}`` is replaced by the split.
         train_split, val_split: image folder names (and ``{split}`` values); ``test_split``: ``val_split``.
+        predict_split: the image folder ``predict`` reads; ``None``: the test split. With an annotation file
+            (``ann_file`` of that split) the results' ``image_id`` are the file's ids; without one it is a plain
+            folder of images whose ids are the file names (the categories then come from ``val_split``'s file).
         num_classes: object classes K (without the background); ``None``: the categories of the validation
             annotation file are counted now. The CLI links it to the task, which adds the background.
         min_size, max_size: resize keeping the aspect so that the short side is ``min_size`` unless the long
@@ -98,6 +103,7 @@ class CocoData(SplitDataModule):
         train_split: str = "train2017",
         val_split: str = "val2017",
         test_split: str | None = None,
+        predict_split: str | None = None,
         num_classes: int | None = None,
         min_size: int = 800,
         max_size: int = 1333,
@@ -133,10 +139,16 @@ class CocoData(SplitDataModule):
         self.num_classes = int(num_classes)
         self.save_hyperparameters(ignore=["num_classes"])
         self.category_to_label: dict[int, int] | None = None
+        self.categories: dict[int, str] = {}  # category id -> name, read with the labels
 
     def ann_path(self, split: str) -> Path:
         """The annotation file of ``split``."""
         return self.root / self.ann_file.format(split=split)
+
+    def split_names(self) -> dict[str, str]:
+        names = super().split_names()
+        names["predict"] = self.hparams.get("predict_split") or names["predict"]
+        return names
 
     def prepare_data(self) -> None:
         if self.hparams.synthetic and not self.ann_path(self.hparams.train_split).is_file():
@@ -148,19 +160,55 @@ class CocoData(SplitDataModule):
         images, ann = self.root / split, self.ann_path(split)
         if not images.is_dir():
             raise FileNotFoundError(f"{what}: no image folder {str(images)!r}")
+        if what == "predict_split" and not ann.is_file():  # a plain folder of images: ids are the file names
+            ann = self.ann_path(hp.val_split)
+            if not ann.is_file():
+                raise FileNotFoundError(f"ann_file: no such file {str(ann)!r} to read the categories from")
+            self._read_categories(ann)
+            return _ImageFolder(images, v2.Compose(self._eval_steps()), what)
         if not ann.is_file():
             raise FileNotFoundError(f"ann_file: no such file {str(ann)!r}")
+        self._read_categories(ann)
+        steps = self._eval_steps()
+        if training and hp.hflip > 0:
+            steps.insert(1, v2.RandomHorizontalFlip(hp.hflip))
+        steps.append(v2.SanitizeBoundingBoxes(labels_getter=_labels_and_crowd))
+        pipeline = _CocoPipeline(v2.Compose(steps), self.category_to_label, training)
+        return _CocoDataset(images, ann, hp.masks, pipeline)
+
+    def _eval_steps(self) -> list[Any]:
+        hp = self.hparams
+        return [v2.Resize(hp.min_size, max_size=hp.max_size, antialias=True), v2.ToDtype(torch.float32, scale=True)]
+
+    def _read_categories(self, ann: Path) -> None:
+        """Labels 1..K from the sorted category ids of ``ann`` (once), and ``categories`` (id -> name)."""
         if self.category_to_label is None:
-            ids = sorted(c["id"] for c in _categories(ann))
+            categories = _categories(ann)
+            self.categories = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
+            ids = sorted(c["id"] for c in categories)
             if len(ids) != self.num_classes:
                 raise ValueError(f"num_classes is {self.num_classes} but {str(ann)!r} has {len(ids)} categories")
             self.category_to_label = {category: index + 1 for index, category in enumerate(ids)}
-        steps: list[Any] = [v2.Resize(hp.min_size, max_size=hp.max_size, antialias=True)]
-        if training and hp.hflip > 0:
-            steps.append(v2.RandomHorizontalFlip(hp.hflip))
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.SanitizeBoundingBoxes(labels_getter=_labels_and_crowd)]
-        pipeline = _CocoPipeline(v2.Compose(steps), self.category_to_label, training)
-        return _CocoDataset(images, ann, hp.masks, pipeline)
+
+
+class _ImageFolder(torch.utils.data.Dataset):
+    """The images of a folder without annotations, for ``predict``: ``(image, {"image_id": file name,
+    "orig_size"})``, resized like evaluation images."""
+
+    def __init__(self, images: Path, transform: v2.Transform, what: str):
+        self.paths = [p for p in sorted(images.iterdir()) if p.suffix.lower() in _IMAGE_EXTENSIONS]
+        if not self.paths:
+            raise ValueError(f"{what}: {str(images)!r} holds no images")
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        image = tv_tensors.Image(v2.functional.pil_to_tensor(read_rgb(path)))
+        target = {"image_id": path.name, "orig_size": (int(image.shape[-2]), int(image.shape[-1]))}
+        return self.transform(image).as_subclass(torch.Tensor), target
 
 
 def _check_category_ids(coco: COCO, ann_file: Path, category_to_label: dict[int, int]) -> None:
@@ -203,6 +251,7 @@ class _CocoDataset(torch.utils.data.Dataset):
         boxes[:, 2:] += boxes[:, :2]
         target: dict[str, Any] = {
             "image_id": image_id,
+            "orig_size": (int(height), int(width)),  # predictions are mapped back to it
             "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width)),
             "labels": torch.tensor([a["category_id"] for a in annotations], dtype=torch.int64),
             "iscrowd": torch.tensor([a.get("iscrowd", 0) for a in annotations], dtype=torch.int64),

@@ -17,6 +17,7 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
@@ -239,6 +240,30 @@ class DetectionTask(DenseTask):
     def on_test_epoch_end(self) -> None:
         self._log_map(self.test_map, "test")
 
-    def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+    prediction_kind = "detection"  # what the predictions writer makes of predict_step's output
+
+    def predict_step(self, batch: Any, batch_idx: int) -> list[dict[str, Any]]:
+        """Detections per image; with ``CocoData``'s targets (``image_id``, ``orig_size``) also the ``image_id``,
+        and boxes (xyxy) and masks (``(N, H, W)`` booleans, Mask R-CNN) in the original image's pixels."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.detector(images)
+        targets = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        outputs = self.detector(images)
+        if not (isinstance(targets, list) and all(isinstance(t, dict) and "orig_size" in t for t in targets)):
+            return outputs
+        results = []
+        for image, output, target in zip(images, outputs, targets, strict=True):
+            h, w = image.shape[-2:]
+            oh, ow = (int(v) for v in target["orig_size"])
+            scale = output["boxes"].new_tensor([ow / w, oh / h, ow / w, oh / h])
+            boxes = output["boxes"] * scale
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ow)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, oh)
+            result = {"image_id": target["image_id"], "boxes": boxes, "scores": output["scores"]}
+            result["labels"] = output["labels"]
+            if "masks" in output:
+                masks = output["masks"]  # (N, 1, h, w) probabilities at the input's size
+                if (h, w) != (oh, ow) and masks.shape[0]:
+                    masks = F.interpolate(masks, size=(oh, ow), mode="bilinear", align_corners=False)
+                result["masks"] = masks.reshape(-1, oh, ow) > 0.5 if masks.shape[0] else masks.new_zeros(0, oh, ow)
+            results.append(result)
+        return results

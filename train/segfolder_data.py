@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -46,11 +46,13 @@ class _RescaleKeepRatio:
         self.long, self.short = max(scale), min(scale)
         self.ratio_range = ratio_range
 
+    def size_for(self, h: int, w: int, ratio: float = 1.0) -> list[int]:
+        factor = min(self.long * ratio / max(h, w), self.short * ratio / min(h, w))
+        return [max(1, round(h * factor)), max(1, round(w * factor))]
+
     def __call__(self, image, mask):
         ratio = random.uniform(*self.ratio_range) if self.ratio_range else 1.0
-        h, w = image.shape[-2:]
-        factor = min(self.long * ratio / max(h, w), self.short * ratio / min(h, w))
-        size = [max(1, round(h * factor)), max(1, round(w * factor))]
+        size = self.size_for(*image.shape[-2:], ratio)
         return v2.functional.resize(image, size, antialias=True), v2.functional.resize(mask, size)
 
 
@@ -143,6 +145,41 @@ class _Pipeline:
         return self.normalize(image), mask[0].long()
 
 
+class _PredictDataset(Dataset):
+    """The images of a folder (label maps not needed) with evaluation's resize and normalisation; each item is
+    ``(image, {"path", "orig_size", "size"})`` so that predictions can be mapped back to the original pixels."""
+
+    def __init__(self, images: Path, pipeline: _Pipeline, what: str):
+        if not images.is_dir():
+            raise FileNotFoundError(f"{what}: no image folder {str(images)!r}")
+        self.paths = [p for p in sorted(images.iterdir()) if p.suffix.lower() in _IMAGE_EXTENSIONS]
+        if not self.paths:
+            raise ValueError(f"{what}: {str(images)!r} holds no images")
+        self.pipeline = pipeline
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        path = self.paths[index]
+        image = tv_tensors.Image(v2.functional.pil_to_tensor(read_rgb(path)))
+        orig_size = tuple(image.shape[-2:])
+        image = v2.functional.resize(image, self.pipeline.rescale.size_for(*orig_size), antialias=True)
+        meta = {"path": str(path), "orig_size": orig_size, "size": tuple(image.shape[-2:])}
+        return self.pipeline.normalize(image).as_subclass(torch.Tensor), meta
+
+
+def predict_collate(batch: list[tuple[torch.Tensor, dict]], multiple: int = 32):
+    """Images padded like :func:`pad_collate` (zeros), with their metadata as a list."""
+    images, metas = zip(*batch, strict=True)
+    height = math.ceil(max(image.shape[-2] for image in images) / multiple) * multiple
+    width = math.ceil(max(image.shape[-1] for image in images) / multiple) * multiple
+    out = torch.zeros(len(images), images[0].shape[0], height, width)
+    for i, image in enumerate(images):
+        out[i, :, : image.shape[-2], : image.shape[-1]] = image
+    return out, list(metas)
+
+
 def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]], multiple: int = 32):
     """Stack variable-size pairs, padding to the batch's largest size rounded up to ``multiple`` (mask: 255)."""
     height = math.ceil(max(image.shape[-2] for image, _ in batch) / multiple) * multiple
@@ -166,6 +203,8 @@ class SegFolderData(SplitDataModule):
             stays ignored).
         train_split, val_split: sub-folder names under ``images/`` and ``annotations/``; ``test_split``
             defaults to ``val_split``.
+        predict_split: the folder under ``images/`` that ``predict`` reads (label maps not needed); ``None``: the
+            test split. Predictions are mapped back to each image's own size.
         scale: the base ``[long, short]`` side (mmseg's ``img_scale=(2048, 512)``); evaluation resizes to it.
         ratio_range: random factor on ``scale`` for training (mmseg: 0.5-2.0); ``null``: none.
         crop_size: training crop (an int or ``[height, width]``); images smaller than it are padded (label 255).
@@ -188,6 +227,7 @@ class SegFolderData(SplitDataModule):
         train_split: str = "training",
         val_split: str = "validation",
         test_split: str | None = None,
+        predict_split: str | None = None,
         scale: tuple[int, int] = (2048, 512),
         ratio_range: tuple[float, float] | None = (0.5, 2.0),
         crop_size: int | tuple[int, int] = 512,
@@ -224,13 +264,23 @@ class SegFolderData(SplitDataModule):
             write_ade_shapes(self.root)
             rank_zero_info(f"wrote the synthetic ADE-style shapes set to {self.root}")
 
-    def _dataset(self, split: str, what: str, training: bool) -> _SegDataset:
+    def split_names(self) -> dict[str, str]:
+        names = super().split_names()
+        names["predict"] = self.hparams.get("predict_split") or names["predict"]
+        return names
+
+    def _dataset(self, split: str, what: str, training: bool) -> _SegDataset | _PredictDataset:
         hp = self.hparams
         pipeline = _Pipeline(
             self.scale, hp.ratio_range, self.crop_size, hp.hflip, hp.color_jitter, hp.mean, hp.std, training
         )
         images, annotations = self.root / "images" / split, self.root / "annotations" / split
+        if what == "predict_split":
+            return _PredictDataset(images, pipeline, what)
         return _SegDataset(images, annotations, self.num_classes, hp.reduce_zero_label, pipeline, what)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(self.datasets["predict"], **{**self.loader_kwargs(False), "collate_fn": predict_collate})
 
     def setup(self, stage: str) -> None:
         if not self.root.is_dir():

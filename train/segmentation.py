@@ -196,7 +196,22 @@ class SegmentationTask(DenseTask):
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.test_metrics, "test")
 
-    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        """Class maps ``(B, H, W)`` (of the padded batch)."""
+    prediction_kind = "segmentation"  # what the predictions writer makes of predict_step's output
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor | list[dict[str, Any]]:
+        """Per image ``{"path", "label_map"}``, the class map at the image's original size (logits resized
+        bilinearly before the argmax, as mmseg does) when the batch carries ``SegFolderData``'s predict metadata;
+        else class maps ``(B, H, W)`` of the padded batch."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.predict_logits(images).argmax(1)
+        logits = self.predict_logits(images)
+        metas = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
+        if not (isinstance(metas, list) and all(isinstance(m, dict) and "orig_size" in m for m in metas)):
+            return logits.argmax(1)
+        results = []
+        for i, meta in enumerate(metas):
+            (h, w), size = meta["size"], tuple(int(v) for v in meta["orig_size"])
+            one = logits[i : i + 1, :, :h, :w]
+            if (h, w) != size:
+                one = F.interpolate(one, size=size, mode="bilinear", align_corners=False)
+            results.append({"path": meta["path"], "label_map": one[0].argmax(0)})
+        return results
