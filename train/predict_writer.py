@@ -158,6 +158,13 @@ def coco_results(
     return results
 
 
+def _command_error(message: str) -> Exception:
+    """An error the CLI prints as one line (``CommandError``; imported here: the CLI imports this module)."""
+    from .cli import CommandError
+
+    return CommandError(message)
+
+
 def palette(classes: int) -> np.ndarray:
     """A fixed colour per class, ``(classes, 3)`` uint8 (the same on every run)."""
     return np.random.default_rng(0).integers(0, 256, size=(classes, 3), dtype=np.uint8)
@@ -226,9 +233,7 @@ class PredictionWriter(BasePredictionWriter):
     def _start_folder(self, trainer: Trainer, out: Path) -> None:
         """Refuse an existing folder without ``overwrite``; an empty hidden folder to write into (rank 0 makes it)."""
         if out.exists() and not self.overwrite and (not out.is_dir() or any(out.iterdir())):
-            from .cli import CommandError  # the CLI prints it as one line
-
-            raise CommandError(
+            raise _command_error(
                 f"predictions.path: {out} already exists; replace it with --predictions.overwrite true or choose "
                 "another --predictions.path"
             )
@@ -307,7 +312,7 @@ class PredictionWriter(BasePredictionWriter):
         if self._file is None:
             return
         if not (isinstance(prediction, list) and all(isinstance(p, dict) and "image_id" in p for p in prediction)):
-            raise ValueError(
+            raise _command_error(
                 "predictions: detection results need each image's image_id and original size: predict with "
                 "CocoData (data.predict_split for a plain folder of images)"
             )
@@ -323,7 +328,7 @@ class PredictionWriter(BasePredictionWriter):
         if self._staging is None:
             return
         if not (isinstance(prediction, list) and all(isinstance(p, dict) and "label_map" in p for p in prediction)):
-            raise ValueError(
+            raise _command_error(
                 "predictions: segmentation label maps need each image's path and original size: predict with "
                 "SegFolderData (data.predict_split for another folder of images)"
             )

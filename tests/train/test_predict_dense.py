@@ -7,11 +7,15 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from faster_coco_eval import COCO
 from faster_coco_eval.core import mask as coco_mask
+from lightning.pytorch import LightningModule, Trainer
 from PIL import Image
+from torch.utils.data import DataLoader, TensorDataset
 
 from attnzoo.train.cli import CommandError, build_cli
+from attnzoo.train.predict_writer import PredictionWriter
 from attnzoo.train.synthetic import write_ade_shapes, write_coco_shapes
 from tests.train.test_detection import det_args
 from tests.train.test_segmentation import seg_args
@@ -127,3 +131,55 @@ def test_segmentation_predict_reads_a_folder_without_label_maps(ade_root, tmp_pa
     _segment(root, tmp_path / "run", "--data.predict_split=new", f"--predictions.path={out}")
     with Image.open(out / "odd.png") as label_map:
         assert label_map.size == (80, 50)
+
+
+class _Dense(LightningModule):
+    """A stand-in task: detections or label maps of 2 x 3 "images", failing at ``fail_at``."""
+
+    def __init__(self, kind: str, num_classes: int = 4, fail_at: int | None = None):
+        super().__init__()
+        self.prediction_kind, self.num_classes, self.fail_at = kind, num_classes, fail_at
+        self.layer = torch.nn.Linear(1, 1)
+
+    def predict_step(self, batch, batch_idx):
+        if batch_idx == self.fail_at:
+            raise RuntimeError("interrupted")
+        indices = batch[0].tolist()
+        if self.prediction_kind == "segmentation":
+            return [{"path": f"img{i}.png", "label_map": torch.full((2, 3), self.num_classes - 1)} for i in indices]
+        boxes = torch.tensor([[0.0, 0.0, 2.0, 1.0]])
+        return [
+            {"image_id": i, "boxes": boxes, "scores": torch.tensor([0.5]), "labels": torch.tensor([1])} for i in indices
+        ]
+
+
+def _predict(root, module, **writer_kwargs) -> None:
+    writer = PredictionWriter(**writer_kwargs)
+    trainer = Trainer(
+        accelerator="cpu", default_root_dir=root, logger=False, enable_progress_bar=False, callbacks=[writer]
+    )
+    data = DataLoader(TensorDataset(torch.arange(5)), batch_size=2)
+    trainer.predict(module, data, return_predictions=False)
+
+
+def test_an_interrupted_dense_predict_leaves_earlier_outputs_and_nothing_partial(tmp_path):
+    _predict(tmp_path, _Dense("detection"))
+    results = json.loads((tmp_path / "predictions.json").read_text())
+    assert [r["image_id"] for r in results] == [0, 1, 2, 3, 4] and results[0]["bbox"] == [0.0, 0.0, 2.0, 1.0]
+    _predict(tmp_path, _Dense("segmentation"))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [f"img{i}.png" for i in range(5)]
+    for kind in ("detection", "segmentation"):
+        with pytest.raises(RuntimeError, match="interrupted"):
+            _predict(tmp_path, _Dense(kind, fail_at=1), overwrite=True)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions", "predictions.json"]
+
+
+def test_more_than_256_classes_give_16_bit_label_maps(tmp_path):
+    _predict(tmp_path, _Dense("segmentation", num_classes=300))
+    with Image.open(tmp_path / "predictions" / "img0.png") as label_map:
+        assert label_map.mode.startswith("I;16") and np.asarray(label_map).max() == 299
+    _predict(tmp_path / "small", _Dense("segmentation", num_classes=256))
+    with Image.open(tmp_path / "small" / "predictions" / "img0.png") as label_map:
+        assert label_map.mode == "L" and np.asarray(label_map).max() == 255
