@@ -183,3 +183,23 @@ def test_more_than_256_classes_give_16_bit_label_maps(tmp_path):
     _predict(tmp_path / "small", _Dense("segmentation", num_classes=256))
     with Image.open(tmp_path / "small" / "predictions" / "img0.png") as label_map:
         assert label_map.mode == "L" and np.asarray(label_map).max() == 255
+
+
+def test_detections_are_mapped_back_to_the_original_pixels():
+    from attnzoo.train import DetectionTask
+    from tests.train.test_segmentation import TINY_NAT4
+
+    task = DetectionTask(backbone="nat_mini", model_kwargs=TINY_NAT4, num_classes=3, fpn_channels=32, min_size=64)
+    masks = torch.zeros(1, 1, 50, 80)
+    masks[..., 5:25, 10:20] = 1.0
+    output = {
+        "boxes": torch.tensor([[10.0, 5.0, 20.0, 25.0]]),
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([2]),
+    }
+    task.detector.forward = lambda images: [dict(output, masks=masks)]  # a detection in the resized image's pixels
+    image = torch.zeros(3, 50, 80)  # the data module shrank a 100 x 160 image by 2
+    (result,) = task.predict_step(([image], [{"image_id": 7, "orig_size": (100, 160)}]), 0)
+    assert result["image_id"] == 7 and result["boxes"].tolist() == [[20.0, 10.0, 40.0, 50.0]]
+    assert result["masks"].shape == (1, 100, 160) and result["masks"][0, 10:50, 20:40].all()
+    assert result["masks"].sum() == 40 * 20
