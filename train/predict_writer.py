@@ -173,11 +173,14 @@ def palette(classes: int) -> np.ndarray:
 class PredictionWriter(BasePredictionWriter):
     """Writes the ``top_k`` most probable classes of each predicted image to ``path`` (see the module doc).
 
-    ``predict_step`` must return class probabilities ``(batch, classes)`` (``ClassificationTask`` does). Other
-    outputs (detection boxes, segmentation maps) are left alone with a warning: no CSV is written for them.
+    ``predict_step`` must return class probabilities ``(batch, classes)`` (``ClassificationTask`` does); other
+    outputs of a task without a ``prediction_kind`` are left alone with a warning: no CSV is written for them.
 
-    A task whose ``prediction_kind`` is ``detection`` or ``segmentation`` gets the COCO results JSON or the
-    folder of label maps instead (see the module doc).
+    A task whose ``prediction_kind`` is ``detection`` (``predict_step``: per image ``image_id``, ``boxes`` xyxy in
+    original pixels, ``scores``, ``labels`` 1..K, optional boolean ``masks``) or ``segmentation`` (per image
+    ``path`` and ``label_map`` at the original size) gets the COCO results JSON or the folder of label maps
+    instead (see the module doc); the category ids and names are the data module's ``category_to_label`` and
+    ``categories`` (``CocoData``'s).
 
     Args:
         path: the CSV, JSON or folder; ``None``: ``predictions.csv``, ``predictions.json`` or ``predictions/`` in
