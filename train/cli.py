@@ -44,6 +44,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_only
 
 from .checkpoint import load_checkpoint
 from .checkpoint_io import AtomicCheckpointIO, remove_partial_writes
+from .parser_errors import OneLineErrorParser
 from .portable import accumulation, cpu_precision, runs_on_cpu
 from .predict_writer import PredictionWriter
 from .recipes import RecipeError, describe_recipes, resolve_config_args
@@ -428,6 +429,7 @@ def build_cli(args: list[str] | None = None, run: bool = True, **kwargs: Any) ->
     """The CLI object (for tests and notebooks); ``main`` is the console script."""
     _register_classes()
     kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+    kwargs.setdefault("parser_class", OneLineErrorParser)
     return AttnzooCLI(
         LightningModule,
         LightningDataModule,
