@@ -85,7 +85,8 @@ class CocoData(SplitDataModule):
         num_classes: object classes K (without the background); ``None``: the categories of the validation
             annotation file are counted now. The CLI links it to the task, which adds the background.
         min_size, max_size: resize keeping the aspect so that the short side is ``min_size`` unless the long
-            side would pass ``max_size`` (COCO recipes: 800 / 1333). Give the task the same values: the
+            side would pass ``max_size`` (COCO recipes: 800 / 1333); a list of short sides draws one per training
+            image (multi-scale) and evaluates at the largest. Give the task the same values: the
             detector's own transform resizes to its ``min_size``/``max_size`` again (a no-op when they agree).
         hflip: training flip probability.
         masks: load instance masks (needed by Mask R-CNN and the segm metric; off saves decoding time).
@@ -105,7 +106,7 @@ class CocoData(SplitDataModule):
         test_split: str | None = None,
         predict_split: str | None = None,
         num_classes: int | None = None,
-        min_size: int = 800,
+        min_size: int | list[int] = 800,
         max_size: int = 1333,
         hflip: float = 0.5,
         masks: bool = True,
@@ -119,7 +120,8 @@ class CocoData(SplitDataModule):
             raise ValueError(f"batch_size must be >= 1, got {batch_size} (eval_batch_size {eval_batch_size})")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if min_size < 1 or max_size < min_size:
+        sizes = list(min_size) if isinstance(min_size, (list, tuple)) else [min_size]
+        if not sizes or min(sizes) < 1 or max_size < max(sizes):
             raise ValueError(f"min_size/max_size must satisfy 1 <= min_size <= max_size, got {min_size}/{max_size}")
         if not 0.0 <= hflip <= 1.0:
             raise ValueError(f"hflip must be a probability, got {hflip}")
@@ -170,6 +172,8 @@ class CocoData(SplitDataModule):
             raise FileNotFoundError(f"ann_file: no such file {str(ann)!r}")
         self._read_categories(ann)
         steps = self._eval_steps()
+        if training and isinstance(hp.min_size, (list, tuple)):  # multi-scale: a short side drawn per image
+            steps[0] = v2.RandomShortestSize(list(hp.min_size), max_size=hp.max_size, antialias=True)
         if training and hp.hflip > 0:
             steps.insert(1, v2.RandomHorizontalFlip(hp.hflip))
         steps.append(v2.SanitizeBoundingBoxes(labels_getter=_labels_and_crowd))
@@ -178,7 +182,8 @@ class CocoData(SplitDataModule):
 
     def _eval_steps(self) -> list[Any]:
         hp = self.hparams
-        return [v2.Resize(hp.min_size, max_size=hp.max_size, antialias=True), v2.ToDtype(torch.float32, scale=True)]
+        size = max(hp.min_size) if isinstance(hp.min_size, (list, tuple)) else hp.min_size  # multi-scale: the largest
+        return [v2.Resize(size, max_size=hp.max_size, antialias=True), v2.ToDtype(torch.float32, scale=True)]
 
     def _read_categories(self, ann: Path) -> None:
         """Labels 1..K from the sorted category ids of ``ann`` (once), and ``categories`` (id -> name)."""
