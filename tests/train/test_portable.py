@@ -11,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
+from attnzoo.train import CocoData
 from attnzoo.train.cli import CommandError, build_cli
 from attnzoo.train.portable import accumulation, cpu_precision
 from attnzoo.train.synthetic import write_ade_shapes
@@ -147,3 +148,17 @@ def test_every_detection_recipe_runs_on_the_cpu_with_only_the_data_root(path, ti
 @pytest.mark.parametrize("path", SEGMENTATION, ids=[p.stem for p in SEGMENTATION])
 def test_every_segmentation_recipe_runs_on_the_cpu_with_only_the_data_root(path, tiny_ade, tmp_path, monkeypatch):
     _fast_dev_run(str(path), tiny_ade, tmp_path, monkeypatch)
+
+
+@pytest.mark.parametrize("path", DETECTION, ids=[p.stem for p in DETECTION])
+def test_a_detection_recipe_gives_task_and_data_the_same_sizes(path, tmp_path):
+    """Lightning refuses to fit a task and a data module whose hparams share a key with different values."""
+    config = yaml.safe_load(path.read_text())
+    for key in ("min_size", "max_size"):
+        assert config["model"]["init_args"][key] == config["data"]["init_args"][key], key
+    root = write_coco_2017(tmp_path / "coco")
+    data = CocoData(root=root, **{k: config["data"]["init_args"][k] for k in ("min_size", "max_size")})
+    data.setup("fit")
+    sizes = config["data"]["init_args"]["min_size"]
+    image, _ = data.datasets["val"][0]
+    assert min(image.shape[-2:]) == (max(sizes) if isinstance(sizes, list) else sizes)  # evaluated at the largest
