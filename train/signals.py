@@ -187,10 +187,13 @@ class StopOnSignal(Callback):
         name = signal.Signals(signum).name
         rank_zero_info(f"{name}: stopping after the current batch, saving last.ckpt (send it again to stop at once)")
 
-    def check(self, trainer: Trainer) -> None:
-        """Raise :class:`StopRequested` if a stop signal arrived (under DDP: at any rank, so all stop together)."""
+    def check(self, trainer: Trainer, agree: bool = True) -> None:
+        """Raise :class:`StopRequested` if a stop signal arrived (under DDP and ``agree``: at any rank, so all stop
+        together). ``predict`` does not agree: Lightning splits its data unevenly (no padding), so the ranks run
+        different numbers of batches and a per-batch collective would wait forever; each rank stops on its own
+        signal (a signal to the process group reaches every rank)."""
         stop = self.signum is not None
-        if trainer.world_size > 1:
+        if agree and trainer.world_size > 1:
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if stop:
             raise StopRequested(self.signum or signal.SIGTERM)
@@ -227,7 +230,7 @@ class StopOnSignal(Callback):
         self.check(trainer)
 
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
-        self.check(trainer)
+        self.check(trainer, agree=False)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         """Runs before the checkpoint callbacks save on the exception (they come last)."""

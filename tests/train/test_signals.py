@@ -173,3 +173,23 @@ def test_another_runs_checkpoint_cannot_take_over_a_run_folder(image_folder, tmp
     assert cli.trainer.global_step == STEPS
     own = fit_args(image_folder, run_dir, "--trainer.max_epochs=3", f"--ckpt_path={run_dir}/checkpoints/best.ckpt")
     assert build_cli(["fit", *own]).trainer.global_step == 18  # its own checkpoint continues it
+
+
+def test_predict_stops_without_a_collective_each_batch():
+    """Under DDP, predict's ranks run different numbers of batches (no padding): a per-batch agreement would wait
+    forever, so predict checks its own signal only; training and validation still agree across ranks."""
+    from types import SimpleNamespace
+
+    from attnzoo.train.signals import StopOnSignal, StopRequested
+
+    calls = []
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda stop, all: calls.append(stop) or stop)
+    trainer = SimpleNamespace(world_size=2, strategy=strategy)
+    stopper = StopOnSignal()
+    stopper.on_predict_batch_end(trainer, None)
+    stopper.on_validation_batch_end(trainer, None)
+    assert calls == [False]  # validation asked the other rank; predict did not
+    stopper.signum = 15
+    with pytest.raises(StopRequested):
+        stopper.on_predict_batch_end(trainer, None)
+    assert calls == [False]
