@@ -20,7 +20,10 @@ optimizer settings (:mod:`.resume`); SIGTERM/SIGINT stop at the end of the curre
 and exit 143/130, DataLoader workers ignoring them (:mod:`.signals`); CSV and TensorBoard loggers by default; no
 automatic ``--optimizer``/``--lr_scheduler`` arguments (a torch scheduler would drop timm's layer-wise lr decay);
 ``--config NAME`` finds a recipe shipped in the wheel (:mod:`.recipes`); ``predict`` writes the top-k classes with
-their names to a CSV (``predictions``: :class:`~.predict_writer.PredictionWriter`); a bad task or data argument
+their names to a CSV, detection results as COCO JSON, segmentation label maps as PNGs (``predictions``:
+:class:`~.predict_writer.PredictionWriter`); ``total_batch_size`` sets ``trainer.accumulate_grad_batches`` for the
+world size and float16 precision falls back to 32-true on the CPU (:mod:`.portable`); SIGTERM/SIGINT stop after the
+current batch with ``last.ckpt`` saved and exit 143/130 (:mod:`.signals`); a bad task or data argument
 (``--model.init_args.model nat_minii``) ends in one line naming it, not in the parser's usage (with
 ``JSONARGPARSE_DEBUG=true``: the traceback).
 """
