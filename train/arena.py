@@ -672,9 +672,19 @@ def _arena_lock(out: Path):
         handle.close()
 
 
-def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+@contextlib.contextmanager
+def _quiet_lightning():
+    """Lightning's per-fit info lines at WARNING while the arena runs (its progress bar says what happens); the
+    levels are restored afterwards, so a caller's later runs log as before."""
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric", "lightning")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def run(plan: Plan) -> dict[str, dict]:
@@ -682,9 +692,8 @@ def run(plan: Plan) -> dict[str, dict]:
     global _PROGRESS
     from tqdm import tqdm
 
-    _quiet_lightning()
     results: dict[str, dict] = {}
-    with _arena_lock(plan.out):
+    with _quiet_lightning(), _arena_lock(plan.out):
         entries_dir = plan.out / "entries"
         per_entry = plan.epochs + len(plan.sizes)
         memory = _PeakMemory(plan.device)  # before any training: its allocator setting holds for every entry alike

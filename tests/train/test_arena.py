@@ -154,3 +154,16 @@ def test_the_long_range_task_is_deterministic_balanced_and_long_range(tmp_path):
             assert max(abs(ys[0] - ys[1]), abs(xs[0] - xs[1])) >= 32  # at least half the image apart
     with pytest.raises(ValueError, match="size must be an int of at least 32 px"):
         write_long_range(tmp_path / "c", size=16)
+
+
+def test_an_arena_leaves_lightnings_log_levels_as_they_were():
+    """The arena quiets Lightning's info lines only while it runs (a later fit in the same process logs as before)."""
+    import logging
+
+    from attnzoo.train.arena import _quiet_lightning
+
+    logger = logging.getLogger("lightning.pytorch")
+    before = logger.level
+    with _quiet_lightning():
+        assert logger.level == logging.WARNING
+    assert logger.level == before
