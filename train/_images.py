@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["read_label_map", "read_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "read_label_map", "read_rgb"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+"""The suffixes the detection and segmentation data modules read as images (any case)."""
 
 # 16-bit unsigned grayscale as PIL opens it (PNG: I;16; TIFF: also the explicitly ordered ones)
 _UINT16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -55,3 +58,11 @@ def read_label_map(path: str | Path) -> np.ndarray:
                 "(expected 8- or 16-bit grayscale or palette)"
             )
         return np.asarray(image).astype(np.int64)
+
+
+def list_images(folder: Path, what: str) -> list[Path]:
+    """The images directly in ``folder`` (by :data:`IMAGE_EXTENSIONS`), sorted; none is an error naming ``what``."""
+    paths = [p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    if not paths:
+        raise ValueError(f"{what}: {str(folder)!r} holds no images")
+    return paths

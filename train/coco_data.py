@@ -20,13 +20,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ._images import read_rgb
+from ._images import list_images, read_rgb
 from ._splits import SplitDataModule
 from .synthetic import write_coco_shapes
 
 __all__ = ["CocoData", "detection_collate"]
-
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def detection_collate(batch: list[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict]]:
@@ -201,9 +199,7 @@ class _ImageFolder(torch.utils.data.Dataset):
     "orig_size"})``, resized like evaluation images."""
 
     def __init__(self, images: Path, transform: v2.Transform, what: str):
-        self.paths = [p for p in sorted(images.iterdir()) if p.suffix.lower() in _IMAGE_EXTENSIONS]
-        if not self.paths:
-            raise ValueError(f"{what}: {str(images)!r} holds no images")
+        self.paths = list_images(images, what)
         self.transform = transform
 
     def __len__(self) -> int:

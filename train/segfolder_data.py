@@ -20,14 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from ._images import read_label_map, read_rgb
+from ._images import IMAGE_EXTENSIONS, list_images, read_label_map, read_rgb
 from ._splits import SplitDataModule
 from .synthetic import write_ade_shapes
 
 __all__ = ["IGNORE_INDEX", "SegFolderData", "int_pair", "pad_collate"]
 
 IGNORE_INDEX = 255
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -90,7 +89,7 @@ class _SegDataset(Dataset):
         labels = {p.stem: p for p in annotations.iterdir() if p.suffix.lower() == ".png"}
         self.items = []
         for path in sorted(images.iterdir()):
-            if path.suffix.lower() in _IMAGE_EXTENSIONS:
+            if path.suffix.lower() in IMAGE_EXTENSIONS:
                 if path.stem not in labels:
                     raise FileNotFoundError(f"image {str(path)!r} has no label map {path.stem}.png in {annotations}")
                 self.items.append((path, labels[path.stem]))
@@ -152,9 +151,7 @@ class _PredictDataset(Dataset):
     def __init__(self, images: Path, pipeline: _Pipeline, what: str):
         if not images.is_dir():
             raise FileNotFoundError(f"{what}: no image folder {str(images)!r}")
-        self.paths = [p for p in sorted(images.iterdir()) if p.suffix.lower() in _IMAGE_EXTENSIONS]
-        if not self.paths:
-            raise ValueError(f"{what}: {str(images)!r} holds no images")
+        self.paths = list_images(images, what)
         self.pipeline = pipeline
 
     def __len__(self) -> int:
